@@ -1,0 +1,134 @@
+"""Putting jitbot together: database, policies, Azure, the engine, the clock and Bolt."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from sqlalchemy import text
+
+from bot import listeners
+from bot.notifier import SlackNotifier
+from bot.settings import Settings
+from jitcore.azure import AzureNetwork, AzureTarget
+from jitcore.azure.clients import StaticTokenCredential, default_credential
+from jitcore.clock import ExpiryClock
+from jitcore.db import Store, create_schema, make_engine
+from jitcore.engine import Engine, PolicySet
+from jitcore.policy import load_policy_file
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+@dataclass
+class JitBot:
+    settings: Settings
+    store: Store
+    engine: Engine
+    clock: ExpiryClock
+    bolt: App
+    network: AzureNetwork
+
+    def start(self) -> None:
+        self.clock.start()
+
+    def stop(self) -> None:
+        self.clock.stop()
+        self.network.close()
+        self.store.engine.dispose()
+
+    def ready(self) -> bool:
+        if not self.clock.scheduler.running:
+            return False
+        try:
+            with self.store.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception:
+            log.warning("readiness check: the database does not answer")
+            return False
+        return True
+
+    def wsgi(self) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+        """The WSGI app: Slack at /slack/events, plus /healthz and /readyz."""
+        slack = SlackRequestHandler(self.bolt, path="/slack/events")
+
+        def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == "/healthz":
+                return _plain(start_response, "200 OK", b"ok")
+            if path == "/readyz":
+                if self.ready():
+                    return _plain(start_response, "200 OK", b"ready")
+                return _plain(start_response, "503 Service Unavailable", b"not ready")
+            return slack(environ, start_response)
+
+        return application
+
+
+def _plain(start_response: StartResponse, status: str, body: bytes) -> list[bytes]:
+    start_response(
+        status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
+
+
+def azure_target(settings: Settings) -> AzureTarget:
+    if settings.azure_credential == "static":
+        assert settings.azure_static_token is not None
+        credential: Any = StaticTokenCredential(settings.azure_static_token.get_secret_value())
+    else:
+        credential = default_credential()
+    return AzureTarget(
+        subscription_id=settings.azure_subscription_id,
+        credential=credential,
+        base_url=settings.arm_url,
+        ca_bundle=str(settings.arm_ca_bundle) if settings.arm_ca_bundle else None,
+        polling_interval=settings.arm_polling_interval,
+    )
+
+
+def slack_client(settings: Settings) -> WebClient:
+    client = WebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        timeout=10,
+    )
+    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=3))
+    return client
+
+
+def build(settings: Settings) -> JitBot:
+    """Wire every part from settings. Nothing talks to Slack or Azure until started."""
+    store = Store(make_engine(settings.database_url))
+    create_schema(store.engine)
+    policies = load_policy_file(settings.policy_file)
+    versions = store.save_policy_versions({p.name: p.body() for p in policies}, origin="file")
+
+    client = slack_client(settings)
+    network = AzureNetwork(azure_target(settings))
+    engine = Engine(
+        store=store,
+        policies=PolicySet(policies, versions),
+        cloud=network,
+        notifier=SlackNotifier(client),
+        pending_timeout=timedelta(seconds=settings.pending_timeout_seconds),
+    )
+    clock = ExpiryClock(engine, timedelta(seconds=settings.sweep_interval_seconds))
+    bolt = App(
+        signing_secret=settings.slack_signing_secret.get_secret_value(),
+        client=client,
+        token_verification_enabled=False,
+        process_before_response=False,
+        logger=logging.getLogger("bot.bolt"),
+    )
+    listeners.register(bolt, engine)
+    return JitBot(settings, store, engine, clock, bolt, network)

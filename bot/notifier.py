@@ -1,0 +1,83 @@
+"""The engine's notifier, for Slack: one approval message per request, updated in place,
+a thread for its whole life, and direct messages to the requester."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_sdk import WebClient
+
+from bot import messages
+from jitcore.model import AccessRequest, Grant
+from jitcore.notify import Posted, RestoreReport
+
+log = logging.getLogger(__name__)
+
+
+class SlackNotifier:
+    def __init__(self, client: WebClient) -> None:
+        self.client = client
+
+    def request_submitted(self, request: AccessRequest) -> Posted | None:
+        assert request.approval_channel is not None
+        response = self.client.chat_postMessage(
+            channel=request.approval_channel,
+            text=messages.request_fallback(request),
+            blocks=messages.approval_blocks(request),
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+        return Posted(channel=response["channel"], ts=response["ts"])
+
+    def request_approved(self, request: AccessRequest) -> None:
+        self._update_approval_message(request)
+
+    def request_denied(self, request: AccessRequest) -> None:
+        self._update_approval_message(request)
+        self._direct(request, messages.denied_text(request))
+
+    def request_granted(self, request: AccessRequest, grants: list[Grant]) -> None:
+        text = messages.granted_text(request, grants)
+        self._update_approval_message(request)
+        self._thread(request, text)
+        self._direct(request, text)
+
+    def request_failed(self, request: AccessRequest, reason: str) -> None:
+        text = messages.failed_text(request, reason)
+        self._update_approval_message(request)
+        self._thread(request, text)
+        self._direct(request, text)
+
+    def request_closed(self, request: AccessRequest, report: RestoreReport) -> None:
+        text = messages.closed_text(request, report)
+        self._update_approval_message(request)
+        self._thread(request, text)
+        self._direct(request, text)
+
+    def request_expired_unapproved(self, request: AccessRequest) -> None:
+        self._update_approval_message(request)
+        self._direct(request, messages.expired_unapproved_text(request))
+
+    def _update_approval_message(self, request: AccessRequest) -> None:
+        if not (request.approval_channel and request.approval_ts):
+            return
+        self.client.chat_update(
+            channel=request.approval_channel,
+            ts=request.approval_ts,
+            text=messages.request_fallback(request),
+            blocks=messages.approval_blocks(request),
+        )
+
+    def _thread(self, request: AccessRequest, text: str) -> None:
+        if not (request.approval_channel and request.approval_ts):
+            return
+        self.client.chat_postMessage(
+            channel=request.approval_channel,
+            thread_ts=request.approval_ts,
+            text=text,
+            unfurl_links=False,
+        )
+
+    def _direct(self, request: AccessRequest, text: str) -> None:
+        opened = self.client.conversations_open(users=request.requester_id)
+        self.client.chat_postMessage(channel=opened["channel"]["id"], text=text, unfurl_links=False)

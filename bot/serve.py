@@ -1,0 +1,43 @@
+"""Serving the bot over HTTP with waitress, a production WSGI server."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from waitress.server import create_server
+
+from bot.app import JitBot
+
+log = logging.getLogger(__name__)
+
+
+class HttpServer:
+    """The bot's WSGI app on a waitress server; ``port=0`` picks a free port."""
+
+    def __init__(self, bot: JitBot, host: str, port: int, threads: int = 8) -> None:
+        self.bot = bot
+        self._server: Any = create_server(
+            bot.wsgi(), host=host, port=port, threads=threads, ident="jitbot"
+        )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.socket.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def start_in_thread(self) -> HttpServer:
+        self._thread = threading.Thread(target=self._server.run, name="jitbot-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        log.info("serving Slack requests at %s/slack/events", self.url)
+        self._server.run()
+
+    def close(self) -> None:
+        self._server.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,155 @@
+"""Database tables. The database is the truth about every request and every rule jitbot owns.
+
+All timestamps are UTC. SQLite drops time zones, so :class:`UtcDateTime` stores naive
+UTC and hands back aware datetimes on every engine.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use UTC-aware datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_column(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable, index=index))
+
+
+class RequestStatus(enum.StrEnum):
+    """States of an access request; see ``jitcore.engine`` for the transitions."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    OPENING = "opening"
+    ACTIVE = "active"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    REVOKED = "revoked"
+
+
+FINAL_STATUSES = frozenset(
+    {
+        RequestStatus.CLOSED,
+        RequestStatus.DENIED,
+        RequestStatus.EXPIRED,
+        RequestStatus.FAILED,
+        RequestStatus.REVOKED,
+    }
+)
+
+
+class GrantState(enum.StrEnum):
+    """Life of one rule jitbot writes. Each state is stored before the cloud call it names."""
+
+    CREATING = "creating"
+    PRESENT = "present"
+    REMOVING = "removing"
+    REMOVED = "removed"
+
+
+class PolicyVersion(SQLModel, table=True):
+    __tablename__ = "policy_version"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    version: int
+    body: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    origin: str
+    created_at: datetime | None = _utc_column(nullable=False)
+
+
+class AccessRequest(SQLModel, table=True):
+    __tablename__ = "access_request"
+    __table_args__ = (Index("ix_access_request_status_ends", "status", "ends_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: str
+    requester_id: str = Field(index=True)
+    vm_name: str
+    ports: str
+    protocol: str = "Tcp"
+    source_prefix: str
+    duration_seconds: int
+    reason: str = ""
+    policy_name: str
+    policy_version: int
+    status: str = Field(default=RequestStatus.PENDING, index=True)
+    row_version: int = 0
+    created_at: datetime | None = _utc_column(nullable=False)
+    decided_at: datetime | None = _utc_column()
+    decided_by: str | None = None
+    decision_note: str | None = None
+    opened_at: datetime | None = _utc_column()
+    ends_at: datetime | None = _utc_column()
+    closed_at: datetime | None = _utc_column()
+    approval_channel: str | None = None
+    approval_ts: str | None = None
+    failure_reason: str | None = None
+    end_reason: str | None = None
+
+    @property
+    def port_list(self) -> list[int]:
+        return [int(p) for p in self.ports.split(",") if p]
+
+
+class Grant(SQLModel, table=True):
+    """One rule jitbot owns in one NSG, for one request.
+
+    ``rule`` is the rule body jitbot writes; ``baseline`` is the NSG's custom rules as
+    they were just before the rule was added, used to prove the restore at the end.
+    """
+
+    __tablename__ = "grant"
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: int = Field(foreign_key="access_request.id", index=True)
+    nsg_id: str
+    rule_name: str
+    priority: int
+    state: str = Field(default=GrantState.CREATING, index=True)
+    rule: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    baseline: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime | None = _utc_column(nullable=False)
+    updated_at: datetime | None = _utc_column(nullable=False)
+    last_error: str | None = None
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only record of everything that happened. Never updated, never deleted."""
+
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime | None = _utc_column(nullable=False, index=True)
+    request_id: int | None = Field(default=None, index=True)
+    actor: str
+    action: str
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

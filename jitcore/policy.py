@@ -1,0 +1,213 @@
+"""JIT policies: which VMs may be requested, for which ports, how long, from where, and
+who approves.
+
+Policies are written in YAML (see ``docs/policies.md``), validated here, and stored in
+the database with a version number, so every request records the exact policy it was
+checked against.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jitcore.durations import format_duration, parse_duration
+from jitcore.errors import (
+    DurationOutOfBounds,
+    InvalidSource,
+    JitError,
+    PortNotAllowed,
+    UnknownVm,
+)
+from jitcore.sources import canonical_source
+
+DEFENDER_MIN_DURATION = timedelta(minutes=5)
+DEFENDER_MAX_DURATION = timedelta(hours=24)
+DEFAULT_MAX_DURATION = timedelta(hours=3)
+
+
+class PolicyError(JitError):
+    """A policy file or policy body is invalid; the message names the setting."""
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int):
+        return timedelta(seconds=value)
+    return parse_duration(str(value))
+
+
+class PortRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    port: int = Field(ge=0, le=65535)
+    protocol: Literal["Tcp", "Udp", "*"] = "Tcp"
+    max_duration: timedelta = DEFAULT_MAX_DURATION
+
+    @field_validator("max_duration", mode="before")
+    @classmethod
+    def _parse_max(cls, value: Any) -> timedelta:
+        return _duration(value)
+
+    @field_validator("max_duration")
+    @classmethod
+    def _within_defender_bounds(cls, value: timedelta) -> timedelta:
+        if value > DEFENDER_MAX_DURATION:
+            raise ValueError("max_duration may be at most 24h (the bound Defender for Cloud uses)")
+        return value
+
+
+class Policy(BaseModel):
+    """One policy as written in the YAML file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    vms: list[str] = Field(min_length=1)
+    ports: list[PortRule] = Field(min_length=1)
+    min_duration: timedelta = DEFENDER_MIN_DURATION
+    allowed_sources: list[str] = Field(default_factory=list)
+    approvers: list[str] = Field(min_length=1)
+    approval_channel: str = Field(min_length=1)
+    enforcement: Literal["nsg"] = "nsg"
+
+    @field_validator("min_duration", mode="before")
+    @classmethod
+    def _parse_min(cls, value: Any) -> timedelta:
+        return _duration(value)
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _canonical_sources(cls, value: list[str]) -> list[str]:
+        return [str(ipaddress.ip_network(v, strict=True)) for v in value]
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Policy:
+        longest = max(rule.max_duration for rule in self.ports)
+        if self.min_duration <= timedelta(0) or self.min_duration > longest:
+            raise ValueError("min_duration must be above zero and not above any port's max_duration")
+        ports = [rule.port for rule in self.ports]
+        if len(ports) != len(set(ports)):
+            raise ValueError("each port may be listed once")
+        return self
+
+    def match(self, vm: str) -> str | None:
+        """The VM's name as the policy spells it, if the policy covers ``vm``.
+
+        ``vm`` may be a name (any case) or a full resource id.
+        """
+        wanted = vm.strip().lower().rstrip("/")
+        for entry in self.vms:
+            name = entry.rsplit("/", 1)[-1]
+            if wanted in (entry.lower(), name.lower()) or (
+                "/" in wanted and wanted.rsplit("/", 1)[-1] == name.lower() and "/" not in entry
+            ):
+                return name
+        return None
+
+    def port_rule(self, port: int) -> PortRule | None:
+        return next((rule for rule in self.ports if rule.port == port), None)
+
+    def body(self) -> dict[str, Any]:
+        """A JSON-safe body, stored with the version and compared to detect edits."""
+        return self.model_dump(mode="json")
+
+
+class PolicyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policies: list[Policy] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> PolicyFile:
+        names = [p.name.lower() for p in self.policies]
+        if len(names) != len(set(names)):
+            raise ValueError("policy names must be unique")
+        return self
+
+
+def parse_policies(data: Any, origin: str = "policy file") -> list[Policy]:
+    """Validate raw policy data, raising PolicyError that names the offending setting."""
+    try:
+        return PolicyFile.model_validate(data).policies
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            problems.append(f"{where}: {err['msg']}")
+        raise PolicyError(f"{origin} is invalid: " + "; ".join(problems)) from None
+
+
+def load_policy_file(path: str | Path) -> list[Policy]:
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PolicyError(f"cannot read policy file {file}: {exc}") from None
+    return parse_policies(data, origin=f"policy file {file}")
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A request that the policy allows, in canonical form."""
+
+    policy: Policy
+    vm_name: str
+    ports: tuple[int, ...]
+    protocol: str
+    duration: timedelta
+    source_prefix: str
+
+
+def find_policy(policies: list[Policy], vm: str) -> Policy:
+    for policy in policies:
+        if policy.match(vm) is not None:
+            return policy
+    known = sorted({entry.rsplit("/", 1)[-1] for p in policies for entry in p.vms})
+    raise UnknownVm(vm, known)
+
+
+def check_request(
+    policies: list[Policy], vm: str, ports: list[int], duration: timedelta, source: str
+) -> CheckedRequest:
+    """Check a request against the policy covering the VM; raise RequestRejected if not allowed."""
+    policy = find_policy(policies, vm)
+    vm_name = policy.match(vm) or vm
+
+    rules = []
+    for port in ports:
+        rule = policy.port_rule(port)
+        if rule is None:
+            raise PortNotAllowed(port, vm_name, [r.port for r in policy.ports])
+        rules.append(rule)
+    protocols = {rule.protocol for rule in rules}
+    protocol = protocols.pop() if len(protocols) == 1 else "*"
+
+    longest = min(rule.max_duration for rule in rules)
+    if duration < policy.min_duration or duration > longest:
+        raise DurationOutOfBounds(
+            format_duration(duration), format_duration(policy.min_duration), format_duration(longest)
+        )
+
+    prefix = canonical_source(source)
+    if policy.allowed_sources and not _within(prefix, policy.allowed_sources):
+        raise InvalidSource(
+            prefix, "it is outside the sources this policy allows: " + ", ".join(policy.allowed_sources)
+        )
+    return CheckedRequest(policy, vm_name, tuple(ports), protocol, duration, prefix)
+
+
+def _within(prefix: str, allowed: list[str]) -> bool:
+    network = ipaddress.ip_network(prefix)
+    for entry in allowed:
+        outer = ipaddress.ip_network(entry)
+        if outer.version == network.version and network.subnet_of(outer):  # type: ignore[arg-type]
+            return True
+    return False
