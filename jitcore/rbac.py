@@ -200,7 +200,6 @@ def requirement_alternatives(requirement: str) -> tuple[str, ...]:
 
 _ACTION_MATCHES = re.compile(r"ActionMatches\s*\{\s*'([^']*)'\s*\}", re.IGNORECASE)
 _OPENERS = {"(": ")", "{": "}", "[": "]"}
-_WORD_OPERATORS = ("and", "or")
 
 
 def _split_top_level(expr: str, operator: str) -> list[str] | None:
@@ -327,12 +326,16 @@ def condition_constrains(condition: str | None, condition_version: str | None, a
 
     jitbot has none of the request and resource attributes a condition tests, so it
     understands one form only: every top-level ``AND`` clause reads
-    ``(!(ActionMatches{'x'})) OR (<anything>)``. Such a clause is true for any action
-    that ``x`` does not match, whatever ``<anything>`` says, so when no guarded action
-    matches ``action`` the condition does not constrain it (Azure's constrained
-    delegation conditions on ``roleAssignments/write|delete`` are of this form). Every
-    other condition, and any ``conditionVersion`` but 2.0 (the default and the only one
-    Azure accepts), is taken to constrain, so the grant is not counted.
+    ``(!(ActionMatches{'x'})) OR (<anything>)``, where the negation may also list several
+    ``ActionMatches`` joined by ``OR``, and ``NOT``, ``&&`` and ``||`` are accepted
+    spellings. Such a clause is true for any action that no ``x`` matches, whatever
+    ``<anything>`` says, so when no guarded action matches ``action`` the condition does
+    not constrain it (Azure's constrained-delegation conditions on
+    ``roleAssignments/write|delete`` are of this form). The answer is per action: the
+    same condition can leave ``initiate/action`` free and constrain
+    ``roleAssignments/write``. Every other condition, and any ``conditionVersion`` but
+    2.0 (the default and the only one Azure accepts), is taken to constrain, so the
+    grant is not counted.
     """
     if condition is None or not condition.strip():
         return False
@@ -614,6 +617,9 @@ class RoleAssignment:
 @dataclass(frozen=True)
 class DenyAssignment:
     """Actions denied to principals at a scope, whatever their roles grant.
+
+    ``principals`` may hold ``EVERYONE_PRINCIPAL_ID``. Exclusion wins over inclusion, and
+    excluding a group excludes its members, as assignments to a group count for them.
 
     A ``condition`` on a deny assignment is not evaluated: the deny is applied as if the
     condition held, which can only refuse more.
