@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -37,11 +38,13 @@ class JitBot:
     clock: ExpiryClock
     bolt: App
     network: AzureNetwork
+    background: ThreadPoolExecutor
 
     def start(self) -> None:
         self.clock.start()
 
     def stop(self) -> None:
+        self.background.shutdown(wait=True)
         self.clock.stop()
         self.network.close()
         self.store.engine.dispose()
@@ -130,5 +133,6 @@ def build(settings: Settings) -> JitBot:
         process_before_response=False,
         logger=logging.getLogger("bot.bolt"),
     )
-    listeners.register(bolt, engine)
-    return JitBot(settings, store, engine, clock, bolt, network)
+    background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jitbot-work")
+    listeners.register(bolt, engine, background)
+    return JitBot(settings, store, engine, clock, bolt, network, background)

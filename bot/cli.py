@@ -132,7 +132,10 @@ def _send(args: argparse.Namespace) -> int:
 
     state_file = args.dir / SANDBOX_STATE
     if not state_file.exists():
-        print(f"jitbot: no running sandbox found ({state_file}); start `jitbot sandbox`", file=sys.stderr)
+        print(
+            f"jitbot: no running sandbox found ({state_file}); start `jitbot sandbox`",
+            file=sys.stderr,
+        )
         return 2
     state = json.loads(state_file.read_text(encoding="utf-8"))
     secret = state["signing_secret"]
@@ -150,7 +153,10 @@ def _send(args: argparse.Namespace) -> int:
             return 2
         action = "jit_approve" if args.what == "approve" else "jit_deny"
         body = sender.block_action_body(
-            action, str(args.request_id), user_id=user, message_ts=ts,
+            action,
+            str(args.request_id),
+            user_id=user,
+            message_ts=ts,
             response_url=state["response_url"],
         )
     status, _headers, text = sender.post(url, body, secret)

@@ -118,7 +118,8 @@ def parse_ports(text: str) -> tuple[int, ...]:
     for part in text.split(","):
         if not part.isdigit() or not 0 <= int(part) <= 65535:
             raise CommandError(
-                f"`{_clip(text)}` is not a port list; use numbers from 0 to 65535, like 22 or 22,3389",
+                f"`{_clip(text)}` is not a port list; "
+                "use numbers from 0 to 65535, like 22 or 22,3389",
                 USAGE["request"],
             )
         if int(part) not in ports:
@@ -133,7 +134,9 @@ def _parse_request_id(args: list[str], verb: str) -> int:
         raise CommandError(f"`{verb}` needs one request id", USAGE[verb])
     text = args[0].lstrip("#")
     if not text.isdigit() or len(text) > 12:
-        raise CommandError(f"`{_clip(args[0])}` is not a request id; use the number, like 42", USAGE[verb])
+        raise CommandError(
+            f"`{_clip(args[0])}` is not a request id; use the number, like 42", USAGE[verb]
+        )
     return int(text)
 
 

@@ -1,17 +1,20 @@
 """Bolt listeners: the slash command and the approval buttons.
 
 Each listener acks at once (Slack gives three seconds) and leaves the slow work, posting
-to approvers or writing to Azure, to a lazy listener. Every click is authorized again on
-the server: who clicked, whether they approve this request, whether it is still pending.
+to approvers or writing to Azure, to a background worker: Bolt's lazy listeners for
+clicks, and the bot's own executor where the work needs what the ack step created.
+Every click is authorized again on the server: who clicked, whether they approve this
+request, whether it is still pending.
 Nothing in a payload is trusted beyond the request id it carries.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor
 from typing import Any
 
-from slack_bolt import Ack, App, BoltContext
+from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from bot import messages
@@ -37,26 +40,16 @@ OPEN_STATUSES = (
 )
 
 
-def register(app: App, engine: Engine) -> None:
-    def handle_command(ack: Ack, body: dict[str, Any], context: BoltContext) -> None:
+def register(app: App, engine: Engine, background: Executor) -> None:
+    def handle_command(ack: Ack, body: dict[str, Any]) -> None:
         try:
             command = parse_command(body.get("text") or "")
         except CommandError as exc:
             ack(response_type="ephemeral", text=messages.usage_error(exc.message, exc.usage))
             return
-        ack(response_type="ephemeral", text=_run_command(engine, command, body, context))
+        ack(response_type="ephemeral", text=_run_command(engine, background, command, body))
 
-    def announce_request(context: BoltContext) -> None:
-        request_id = context.get("jit_request_id")
-        if request_id is not None:
-            engine.announce(request_id)
-
-    def revoke_request(context: BoltContext, body: dict[str, Any]) -> None:
-        request_id = context.get("jit_revoke_id")
-        if request_id is not None:
-            engine.revoke(request_id, body["user_id"])
-
-    app.command("/jit")(ack=handle_command, lazy=[announce_request, revoke_request])
+    app.command("/jit")(handle_command)
 
     def ack_click(ack: Ack) -> None:
         ack()
@@ -71,9 +64,7 @@ def register(app: App, engine: Engine) -> None:
     app.action(messages.DENY_ACTION)(ack=ack_click, lazy=[deny])
 
 
-def _run_command(
-    engine: Engine, command: Any, body: dict[str, Any], context: BoltContext
-) -> str:
+def _run_command(engine: Engine, background: Executor, command: Any, body: dict[str, Any]) -> str:
     user_id = body["user_id"]
     if isinstance(command, HelpCommand):
         return messages.HELP_TEXT
@@ -81,7 +72,7 @@ def _run_command(
         requests = engine.requests_of(user_id, OPEN_STATUSES)
         return messages.list_text(requests, engine.clock())
     if isinstance(command, RevokeCommand):
-        return _revoke(engine, command.request_id, user_id, context)
+        return _revoke(engine, background, command.request_id, user_id)
     assert isinstance(command, RequestCommand)
     if command.source is None:
         return messages.missing_source()
@@ -97,11 +88,11 @@ def _run_command(
         )
     except JitError as exc:
         return messages.error_text(exc.message)
-    context["jit_request_id"] = request.id
+    background.submit(_logged, engine.announce, request.id)
     return messages.submitted_ack(request)
 
 
-def _revoke(engine: Engine, request_id: int, user_id: str, context: BoltContext) -> str:
+def _revoke(engine: Engine, background: Executor, request_id: int, user_id: str) -> str:
     request = engine.store.get_request(request_id)
     if request is None or (
         user_id != request.requester_id and user_id not in engine.approvers_of(request)
@@ -112,8 +103,16 @@ def _revoke(engine: Engine, request_id: int, user_id: str, context: BoltContext)
         )
     if request.status != RequestStatus.ACTIVE:
         return messages.error_text(f"request #{request_id} is {request.status}, not active")
-    context["jit_revoke_id"] = request_id
+    background.submit(_logged, engine.revoke, request_id, user_id)
     return messages.revoked_ack(request_id)
+
+
+def _logged(work: Any, *args: Any) -> None:
+    """Run background work; its failures are logged, as no user is waiting on them."""
+    try:
+        work(*args)
+    except Exception:
+        log.exception("background work %s%s failed", getattr(work, "__name__", work), args)
 
 
 def _decide(engine: Engine, body: dict[str, Any], client: WebClient, approve: bool) -> None:
@@ -134,7 +133,12 @@ def _decide(engine: Engine, body: dict[str, Any], client: WebClient, approve: bo
         else:
             engine.deny(request_id, user_id)
     except StateConflict as exc:
-        _tell(client, channel, user_id, messages.already_decided(request_id, exc.current_status, exc.decided_by))
+        _tell(
+            client,
+            channel,
+            user_id,
+            messages.already_decided(request_id, exc.current_status, exc.decided_by),
+        )
     except NotAuthorized as exc:
         _tell(client, channel, user_id, messages.error_text(exc.message))
 

@@ -47,11 +47,17 @@ def when(moment: datetime, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     utc_text = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     epoch = int(moment.timestamp())
-    delta = moment - now
-    relative = (
-        f"in {format_duration(delta)}" if delta > timedelta(0) else f"{format_duration(-delta)} ago"
-    )
+    relative = _relative(moment - now)
     return f"<!date^{epoch}^{{date_short_pretty}} {{time}}|{utc_text}> ({utc_text}, {relative})"
+
+
+def _relative(delta: timedelta) -> str:
+    """``in 2h`` / ``3m ago``, rounded to the minute once it is a minute or more away."""
+    seconds = abs(delta.total_seconds())
+    if seconds >= 60:
+        seconds = round(seconds / 60) * 60
+    text = format_duration(timedelta(seconds=round(seconds)))
+    return f"in {text}" if delta > timedelta(0) else f"{text} ago"
 
 
 def error_text(message: str) -> str:
@@ -101,7 +107,9 @@ def approval_blocks(request: AccessRequest) -> list[dict[str, Any]]:
             "block_id": f"jit-req-{request.id}-summary",
             "text": {
                 "type": "mrkdwn",
-                "text": f"*JIT access request* `#{request.id}` (policy `{escape(request.policy_name)}`)",
+                "text": (
+                    f"*JIT access request* `#{request.id}` (policy `{escape(request.policy_name)}`)"
+                ),
             },
             "fields": _summary_fields(request),
         }
@@ -172,13 +180,15 @@ def already_decided(request_id: int, status: str, decided_by: str | None) -> str
 def granted_text(request: AccessRequest, grants: list[Grant]) -> str:
     assert request.ends_at is not None
     rules = ", ".join(
-        f"`{escape(g.rule_name)}` in `{escape(g.nsg_id.rsplit('/', 1)[-1])}` (priority {g.priority})"
+        f"`{escape(g.rule_name)}` in `{escape(g.nsg_id.rsplit('/', 1)[-1])}` "
+        f"(priority {g.priority})"
         for g in grants
         if g.state == "present"
     )
     return (
-        f":unlock: Access granted for request #{request.id}: port {request.ports}/{request.protocol} "
-        f"on *{escape(request.vm_name)}* from `{escape(request.source_prefix)}` until "
+        f":unlock: Access granted for request #{request.id}: "
+        f"port {request.ports}/{request.protocol} on *{escape(request.vm_name)}* "
+        f"from `{escape(request.source_prefix)}` until "
         f"{when(request.ends_at)}.\nRules created: {rules or 'none'}"
     )
 
@@ -193,7 +203,8 @@ def denied_text(request: AccessRequest) -> str:
 
 def failed_text(request: AccessRequest, reason: str) -> str:
     return (
-        f":warning: Request #{request.id} for *{escape(request.vm_name)}* failed: {escape(reason)}\n"
+        f":warning: Request #{request.id} for *{escape(request.vm_name)}* failed: "
+        f"{escape(reason)}\n"
         "Nothing is left open."
     )
 

@@ -44,5 +44,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.azure_credential == "static" and self.azure_static_token is None:
-            raise ValueError("JITBOT_AZURE_STATIC_TOKEN is required when JITBOT_AZURE_CREDENTIAL=static")
+            raise ValueError(
+                "JITBOT_AZURE_STATIC_TOKEN is required when JITBOT_AZURE_CREDENTIAL=static"
+            )
         return self

@@ -75,17 +75,19 @@ class Store:
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def update_request(self, request_id: int, **values: Any) -> None:
-        statement = update(AccessRequest).where(col(AccessRequest.id) == request_id).values(**values)
+        statement = (
+            update(AccessRequest).where(col(AccessRequest.id) == request_id).values(**values)
+        )
         with self.session() as session:
             session.execute(statement)
             session.commit()
 
-    def audit(
-        self, action: str, actor: str, request_id: int | None = None, **detail: Any
-    ) -> None:
+    def audit(self, action: str, actor: str, request_id: int | None = None, **detail: Any) -> None:
         with self.session() as session:
             session.add(
-                AuditEvent(at=utcnow(), request_id=request_id, actor=actor, action=action, detail=detail)
+                AuditEvent(
+                    at=utcnow(), request_id=request_id, actor=actor, action=action, detail=detail
+                )
             )
             session.commit()
 
@@ -105,7 +107,9 @@ class Store:
                 query = query.where(col(AccessRequest.ends_at) <= ends_before)
             return list(session.exec(query.order_by(col(AccessRequest.id))))
 
-    def save_policy_versions(self, bodies: dict[str, dict[str, Any]], origin: str) -> dict[str, int]:
+    def save_policy_versions(
+        self, bodies: dict[str, dict[str, Any]], origin: str
+    ) -> dict[str, int]:
         """Store each policy body that differs from its latest version; return the versions."""
         versions: dict[str, int] = {}
         with self.session() as session:

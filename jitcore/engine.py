@@ -90,9 +90,7 @@ class Engine:
 
     # -- requesting and deciding -------------------------------------------------------
 
-    def check(
-        self, vm: str, ports: list[int], duration: timedelta, source: str
-    ) -> CheckedRequest:
+    def check(self, vm: str, ports: list[int], duration: timedelta, source: str) -> CheckedRequest:
         """Validate a request against the policy without recording anything."""
         return check_request(self.policies.policies, vm, ports, duration, source)
 
@@ -357,7 +355,10 @@ class Engine:
             return
         request = self._require(request_id)
         self.store.audit(
-            "opened", SYSTEM_ACTOR, request_id, ends_at=request.ends_at.isoformat()  # type: ignore[union-attr]
+            "opened",
+            SYSTEM_ACTOR,
+            request_id,
+            ends_at=request.ends_at.isoformat(),  # type: ignore[union-attr]
         )
         log.info("request %s active until %s", request_id, request.ends_at)
         if self.on_active is not None:
@@ -480,9 +481,18 @@ class Engine:
             self.cloud.delete_rule(grant.nsg_id, grant.rule_name)
             self._set_grant(grant, GrantState.REMOVED)
             self.store.audit(
-                "rule_removed", SYSTEM_ACTOR, grant.request_id, nsg=grant.nsg_id, rule=grant.rule_name
+                "rule_removed",
+                SYSTEM_ACTOR,
+                grant.request_id,
+                nsg=grant.nsg_id,
+                rule=grant.rule_name,
             )
-            log.info("request %s: rule %s removed from %s", grant.request_id, grant.rule_name, grant.nsg_id)
+            log.info(
+                "request %s: rule %s removed from %s",
+                grant.request_id,
+                grant.rule_name,
+                grant.nsg_id,
+            )
 
     def _restore_report(self, request_id: int) -> RestoreReport:
         """Compare each NSG with its snapshot from before the request's first rule."""

@@ -40,7 +40,9 @@ class InvalidSource(RequestRejected):
 class UnknownVm(RequestRejected):
     def __init__(self, name: str, known: list[str]) -> None:
         allowed = ", ".join(sorted(known)) if known else "none"
-        super().__init__(f"no JIT policy covers a VM named `{name}`; VMs you can request: {allowed}")
+        super().__init__(
+            f"no JIT policy covers a VM named `{name}`; VMs you can request: {allowed}"
+        )
         self.name = name
 
 

@@ -92,7 +92,9 @@ class Policy(BaseModel):
     def _min_below_max(self) -> Policy:
         longest = max(rule.max_duration for rule in self.ports)
         if self.min_duration <= timedelta(0) or self.min_duration > longest:
-            raise ValueError("min_duration must be above zero and not above any port's max_duration")
+            raise ValueError(
+                "min_duration must be above zero and not above any port's max_duration"
+            )
         ports = [rule.port for rule in self.ports]
         if len(ports) != len(set(ports)):
             raise ValueError("each port may be listed once")
@@ -193,13 +195,16 @@ def check_request(
     longest = min(rule.max_duration for rule in rules)
     if duration < policy.min_duration or duration > longest:
         raise DurationOutOfBounds(
-            format_duration(duration), format_duration(policy.min_duration), format_duration(longest)
+            format_duration(duration),
+            format_duration(policy.min_duration),
+            format_duration(longest),
         )
 
     prefix = canonical_source(source)
     if policy.allowed_sources and not _within(prefix, policy.allowed_sources):
         raise InvalidSource(
-            prefix, "it is outside the sources this policy allows: " + ", ".join(policy.allowed_sources)
+            prefix,
+            "it is outside the sources this policy allows: " + ", ".join(policy.allowed_sources),
         )
     return CheckedRequest(policy, vm_name, tuple(ports), protocol, duration, prefix)
 

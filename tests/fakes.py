@@ -11,7 +11,9 @@ from jitcore.errors import CloudError
 from jitcore.model import AccessRequest, Grant
 from jitcore.notify import Posted, RestoreReport
 
-NSG = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/nsg-web01"
+NSG = (
+    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/nsg-web01"
+)
 DENY = {
     "name": "jitbot-deny-vm-web01",
     "properties": {
@@ -32,7 +34,9 @@ class FakeCloud:
     """One VM behind one NSG; failures can be queued per operation."""
 
     def __init__(self, nsg_ids: tuple[str, ...] = (NSG,)) -> None:
-        self.rules: dict[str, dict[str, dict[str, Any]]] = {n: {DENY["name"]: copy.deepcopy(DENY)} for n in nsg_ids}
+        self.rules: dict[str, dict[str, dict[str, Any]]] = {
+            n: {DENY["name"]: copy.deepcopy(DENY)} for n in nsg_ids
+        }
         self.nsg_ids = nsg_ids
         self.failures: dict[str, list[CloudError]] = {}
         self.writes: list[tuple[str, str, str]] = []

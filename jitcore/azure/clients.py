@@ -86,6 +86,11 @@ def compute_client(target: AzureTarget) -> Any:
     return ComputeManagementClient(target.credential, target.subscription_id, **target.kwargs())
 
 
+def as_json(model: Any) -> dict[str, Any]:
+    """An SDK model as the plain ARM JSON it was read from (nested models included)."""
+    return dict(model.as_dict()) if hasattr(model, "as_dict") else dict(model)
+
+
 def cloud_error(exc: HttpResponseError, doing: str) -> CloudError:
     """Turn an SDK error into a CloudError carrying Azure's code and message."""
     code = getattr(getattr(exc, "error", None), "code", None)
@@ -102,7 +107,11 @@ def parse_resource_id(resource_id: str) -> dict[str, str]:
     ``parent`` and ``parent_type``.
     """
     parts = resource_id.strip("/").split("/")
-    if len(parts) < 8 or parts[0].lower() != "subscriptions" or parts[2].lower() != "resourcegroups":
+    if (
+        len(parts) < 8
+        or parts[0].lower() != "subscriptions"
+        or parts[2].lower() != "resourcegroups"
+    ):
         raise ValueError(f"not an Azure resource id: {resource_id!r}")
     result = {
         "subscription": parts[1],

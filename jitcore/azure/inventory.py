@@ -12,6 +12,7 @@ from jitcore.azure.clients import (
     COMPUTE_API_VERSION,
     NETWORK_API_VERSION,
     AzureTarget,
+    as_json,
     cloud_error,
     compute_client,
     network_client,
@@ -56,11 +57,11 @@ class Inventory:
                 vm = self._compute.virtual_machines.get(
                     parts["resource_group"], parts["name"], api_version=COMPUTE_API_VERSION
                 )
-                return dict(vm)
+                return as_json(vm)
             wanted = name_or_id.lower()
             for vm in self._compute.virtual_machines.list_all(api_version=COMPUTE_API_VERSION):
                 if vm.name.lower() == wanted:
-                    return dict(vm)
+                    return as_json(vm)
         except ResourceNotFoundError:
             pass
         except HttpResponseError as exc:
@@ -93,7 +94,9 @@ class Inventory:
                     subnet_ref = (config_props.get("subnet") or {}).get("id")
                     if subnet_ref:
                         subnet_nsg = self._subnet_nsg(subnet_ref)
-                        if subnet_nsg and subnet_nsg.lower() not in {n.lower() for n in subnet_nsgs}:
+                        if subnet_nsg and subnet_nsg.lower() not in {
+                            n.lower() for n in subnet_nsgs
+                        }:
                             subnet_nsgs.append(subnet_nsg)
         except HttpResponseError as exc:
             raise cloud_error(exc, f"read the network of {vm['name']}") from exc
@@ -111,7 +114,7 @@ class Inventory:
     def _get(self, kind: str, resource_id: str) -> dict[str, Any]:
         parts = parse_resource_id(resource_id)
         operations = getattr(self._network, kind)
-        return dict(
+        return as_json(
             operations.get(parts["resource_group"], parts["name"], api_version=NETWORK_API_VERSION)
         )
 
@@ -123,4 +126,4 @@ class Inventory:
         subnet = self._network.subnets.get(
             parts["resource_group"], parts["parent"], parts["name"], api_version=NETWORK_API_VERSION
         )
-        return (dict(subnet).get("properties", {}).get("networkSecurityGroup") or {}).get("id")
+        return (as_json(subnet).get("properties", {}).get("networkSecurityGroup") or {}).get("id")

@@ -16,7 +16,13 @@ from typing import Any, TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from jitcore.azure.clients import NETWORK_API_VERSION, AzureTarget, cloud_error, network_client
+from jitcore.azure.clients import (
+    NETWORK_API_VERSION,
+    AzureTarget,
+    as_json,
+    cloud_error,
+    network_client,
+)
 from jitcore.azure.clients import parse_resource_id as _parts
 from jitcore.errors import CloudError
 
@@ -62,7 +68,7 @@ class NsgGateway:
             nsg = self._client.network_security_groups.get(
                 parts["resource_group"], parts["name"], api_version=NETWORK_API_VERSION
             )
-            return [dict(rule) for rule in dict(nsg).get("properties", {}).get("securityRules", [])]
+            return as_json(nsg).get("properties", {}).get("securityRules", [])
 
         return self._with_retries(read, f"read the NSG {parts['name']}")
 
@@ -79,7 +85,7 @@ class NsgGateway:
                 api_version=NETWORK_API_VERSION,
                 polling_interval=self._polling_interval,
             )
-            return dict(poller.result())
+            return as_json(poller.result())
 
         return self._with_retries(write, f"create the rule {name} in {parts['name']}")
 
@@ -112,7 +118,7 @@ class NsgGateway:
                 )
             except ResourceNotFoundError:
                 return None
-            return dict(rule)
+            return as_json(rule)
 
         return self._with_retries(read, f"read the rule {name} in {parts['name']}")
 

@@ -15,7 +15,9 @@ from bot.commands import (
 
 
 def test_request_with_source_and_reason_is_parsed() -> None:
-    command = parse_command("request vm-web01 22,3389 1h30m from 203.0.113.7 because fixing <!channel>")
+    command = parse_command(
+        "request vm-web01 22,3389 1h30m from 203.0.113.7 because fixing <!channel>"
+    )
     assert command == RequestCommand(
         vm="vm-web01",
         ports=(22, 3389),
@@ -33,7 +35,9 @@ def test_keywords_are_case_insensitive_and_source_is_optional() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        pytest.param("request vm-web01 22", "needs a VM, ports and a duration", id="missing-duration"),
+        pytest.param(
+            "request vm-web01 22", "needs a VM, ports and a duration", id="missing-duration"
+        ),
         pytest.param("request vm-web01 ssh 2h", "not a port list", id="named-port"),
         pytest.param("request vm-web01 70000 2h", "not a port list", id="port-out-of-range"),
         pytest.param("request vm-web01 22 forever", "not a duration", id="bad-duration"),

@@ -61,7 +61,9 @@ def test_approval_opens_one_rule_and_expiry_restores_the_nsg(world) -> None:
     assert active.ends_at == clock.now + timedelta(hours=2)
     [grant] = engine.grants_of(request.id)
     assert grant.state == GrantState.PRESENT and grant.priority == 999
-    assert cloud.rules[NSG][grant.rule_name]["properties"]["sourceAddressPrefix"] == "203.0.113.7/32"
+    assert (
+        cloud.rules[NSG][grant.rule_name]["properties"]["sourceAddressPrefix"] == "203.0.113.7/32"
+    )
 
     clock.now += timedelta(hours=2)
     assert engine.expire(request.id)
@@ -140,7 +142,9 @@ def test_deny_touches_nothing_in_the_cloud(world) -> None:
 
 def test_a_failed_create_leaves_nothing_open_and_marks_the_request_failed(world) -> None:
     engine, cloud, notifier, _ = world
-    cloud.fail_next("create_rule", CloudError("Azure refused", code="InternalServerError", status=500))
+    cloud.fail_next(
+        "create_rule", CloudError("Azure refused", code="InternalServerError", status=500)
+    )
     request = submit(engine)
     engine.approve(request.id, "U0APPROVR1")
     failed = engine.store.get_request(request.id)
@@ -200,16 +204,30 @@ def test_recover_undoes_an_open_interrupted_by_a_crash(world) -> None:
     request = submit(engine)
     engine.store.transition(request.id, (RequestStatus.PENDING,), RequestStatus.APPROVED)
     engine.store.transition(
-        request.id, (RequestStatus.APPROVED,), RequestStatus.OPENING,
+        request.id,
+        (RequestStatus.APPROVED,),
+        RequestStatus.OPENING,
         ends_at=engine.clock() + timedelta(hours=2),
     )
-    cloud.create_rule(NSG, "jitbot-allow-r1", {"priority": 999, "direction": "Inbound", "access": "Allow"})
+    cloud.create_rule(
+        NSG, "jitbot-allow-r1", {"priority": 999, "direction": "Inbound", "access": "Allow"}
+    )
     from jitcore.model import Grant
+
     with engine.store.session() as session:
-        session.add(Grant(
-            request_id=request.id, nsg_id=NSG, rule_name="jitbot-allow-r1", priority=999,
-            state=GrantState.CREATING, rule={}, baseline=[], created_at=engine.clock(), updated_at=engine.clock(),
-        ))
+        session.add(
+            Grant(
+                request_id=request.id,
+                nsg_id=NSG,
+                rule_name="jitbot-allow-r1",
+                priority=999,
+                state=GrantState.CREATING,
+                rule={},
+                baseline=[],
+                created_at=engine.clock(),
+                updated_at=engine.clock(),
+            )
+        )
         session.commit()
 
     engine.recover()
@@ -235,6 +253,13 @@ def test_every_step_is_in_the_audit_log(world) -> None:
     engine.expire(request.id)
     actions = [e.action for e in engine.store.audit_events(request.id)]
     assert actions == [
-        "requested", "approved", "rule_intended", "rule_created", "opened",
-        "closing", "rule_intended", "rule_removed", "closed",
+        "requested",
+        "approved",
+        "rule_intended",
+        "rule_created",
+        "opened",
+        "closing",
+        "rule_intended",
+        "rule_removed",
+        "closed",
     ]

@@ -47,7 +47,9 @@ def deny(priority: int, ports: tuple[str, ...] = ("22", "3389"), dest: str = "10
 
 
 def allow(name: str, priority: int, direction: str = "Inbound", port: str = "443") -> Rule:
-    return Rule(name=name, priority=priority, direction=direction, access="Allow", destination_ports=(port,))
+    return Rule(
+        name=name, priority=priority, direction=direction, access="Allow", destination_ports=(port,)
+    )
 
 
 def test_allow_goes_just_before_the_jit_deny() -> None:
@@ -66,7 +68,11 @@ def test_allow_skips_priorities_already_taken_in_the_same_direction() -> None:
 
 def test_allow_goes_before_the_first_deny_that_blocks_the_traffic() -> None:
     customer_deny = Rule(
-        name="deny-ssh-everywhere", priority=500, direction="Inbound", access="Deny", destination_ports=("20-25",)
+        name="deny-ssh-everywhere",
+        priority=500,
+        direction="Inbound",
+        access="Deny",
+        destination_ports=("20-25",),
     )
     assert plan_allow([customer_deny, deny(1000)], spec()).priority == 499
 
@@ -118,15 +124,29 @@ def test_rule_properties_round_trip_through_arm_json() -> None:
 
 
 def test_comparable_ignores_etags_and_provisioning_state() -> None:
-    a = [{"name": "x", "etag": "1", "properties": {"priority": 100, "provisioningState": "Succeeded"}}]
-    b = [{"name": "x", "etag": "2", "properties": {"priority": 100, "provisioningState": "Updating"}}]
+    a = [
+        {
+            "name": "x",
+            "etag": "1",
+            "properties": {"priority": 100, "provisioningState": "Succeeded"},
+        }
+    ]
+    b = [
+        {"name": "x", "etag": "2", "properties": {"priority": 100, "provisioningState": "Updating"}}
+    ]
     assert comparable(a) == comparable(b)
     assert differences(a, b) == []
 
 
 def test_differences_name_added_removed_and_changed_rules() -> None:
-    before = [{"name": "a", "properties": {"priority": 100}}, {"name": "b", "properties": {"priority": 200}}]
-    after = [{"name": "a", "properties": {"priority": 101}}, {"name": "c", "properties": {"priority": 300}}]
+    before = [
+        {"name": "a", "properties": {"priority": 100}},
+        {"name": "b", "properties": {"priority": 200}},
+    ]
+    after = [
+        {"name": "a", "properties": {"priority": 101}},
+        {"name": "c", "properties": {"priority": 300}},
+    ]
     assert differences(before, after) == ["added c", "changed a", "removed b"]
 
 
@@ -134,7 +154,9 @@ priorities = st.sets(st.integers(min_value=100, max_value=4096), max_size=60)
 
 
 @settings(max_examples=200, deadline=None)
-@given(taken=priorities, deny_at=st.integers(min_value=101, max_value=4096), grants=st.integers(1, 20))
+@given(
+    taken=priorities, deny_at=st.integers(min_value=101, max_value=4096), grants=st.integers(1, 20)
+)
 def test_any_sequence_of_grants_and_expiries_restores_the_nsg_and_never_collides(
     taken: set[int], deny_at: int, grants: int
 ) -> None:

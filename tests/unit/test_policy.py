@@ -28,8 +28,13 @@ def test_a_request_within_the_policy_is_returned_in_canonical_form() -> None:
 
 
 def test_a_resource_id_names_the_vm_too() -> None:
-    vm_id = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-web01"
-    assert check_request(policies(), vm_id, [22], timedelta(hours=1), "203.0.113.7").vm_name == "vm-web01"
+    vm_id = (
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-web01"
+    )
+    assert (
+        check_request(policies(), vm_id, [22], timedelta(hours=1), "203.0.113.7").vm_name
+        == "vm-web01"
+    )
 
 
 def test_unknown_vm_lists_the_vms_that_can_be_requested() -> None:
@@ -38,7 +43,9 @@ def test_unknown_vm_lists_the_vms_that_can_be_requested() -> None:
 
 
 def test_port_outside_the_policy_names_the_allowed_ports() -> None:
-    with pytest.raises(PortNotAllowed, match="port 2222 is not in the policy for vm-web01; allowed: 22, 3389"):
+    with pytest.raises(
+        PortNotAllowed, match="port 2222 is not in the policy for vm-web01; allowed: 22, 3389"
+    ):
         check_request(policies(), "vm-web01", [2222], timedelta(hours=1), "203.0.113.7")
 
 
@@ -53,13 +60,17 @@ def test_below_the_minimum_is_refused_with_defenders_default_of_five_minutes() -
 
 
 def test_a_policy_may_lower_the_minimum() -> None:
-    checked = check_request(policies(min_duration="3s"), "vm-web01", [22], timedelta(seconds=3), "203.0.113.7")
+    checked = check_request(
+        policies(min_duration="3s"), "vm-web01", [22], timedelta(seconds=3), "203.0.113.7"
+    )
     assert checked.duration == timedelta(seconds=3)
 
 
 def test_sources_outside_the_allowed_ranges_are_refused() -> None:
     limited = policies(allowed_sources=["198.51.100.0/24"])
-    assert check_request(limited, "vm-web01", [22], timedelta(hours=1), "198.51.100.9").source_prefix
+    assert check_request(
+        limited, "vm-web01", [22], timedelta(hours=1), "198.51.100.9"
+    ).source_prefix
     with pytest.raises(InvalidSource, match="outside the sources this policy allows"):
         check_request(limited, "vm-web01", [22], timedelta(hours=1), "203.0.113.7")
 

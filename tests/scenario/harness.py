@@ -1,0 +1,116 @@
+"""Driving a running sandbox stack the way Slack would: signed HTTP requests."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bot.sandbox import SandboxStack
+from jitcore.model import AccessRequest
+from sandbox.slack import sender
+
+T = TypeVar("T")
+
+REQUESTER = "U0REQ12345"
+APPROVER = "U0APPROVR1"
+SECOND_APPROVER = "U0APPROVR2"
+OUTSIDER = "U0OUTSIDER"
+APPROVAL_CHANNEL = "C0OPS12345"
+
+FAST_POLICY = """
+policies:
+  - name: web-admin
+    vms: [vm-web01]
+    ports:
+      - {port: 22, protocol: Tcp, max_duration: 3h}
+      - {port: 3389, protocol: Tcp, max_duration: 3h}
+    min_duration: 1s
+    approvers: [U0APPROVR1, U0APPROVR2]
+    approval_channel: C0OPS12345
+"""
+
+
+def wait_until(check: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Driver:
+    """Sends signed Slack requests to the stack's bot and reads what happened."""
+
+    def __init__(self, stack: SandboxStack) -> None:
+        self.stack = stack
+
+    @property
+    def events_url(self) -> str:
+        return self.stack.bot_url + "/slack/events"
+
+    def command(
+        self, text: str, user: str = REQUESTER, **kwargs: Any
+    ) -> tuple[int, dict[str, Any]]:
+        body = sender.slash_command_body(
+            text, user_id=user, response_url=self.stack.slack.response_url("cmd"), **kwargs
+        )
+        status, _headers, reply = sender.post(self.events_url, body, self.stack.signing_secret)
+        return status, (json.loads(reply) if reply.startswith("{") else {"text": reply})
+
+    def click(self, action_id: str, request_id: int | str, user: str = APPROVER) -> int:
+        request = self.request(int(request_id)) if str(request_id).isdigit() else None
+        ts = (request.approval_ts if request else None) or "1700000000.000100"
+        body = sender.block_action_body(
+            action_id,
+            str(request_id),
+            user_id=user,
+            message_ts=ts,
+            response_url=self.stack.slack.response_url("click"),
+        )
+        status, _headers, _text = sender.post(self.events_url, body, self.stack.signing_secret)
+        return status
+
+    def request(self, request_id: int) -> AccessRequest | None:
+        assert self.stack.bot is not None
+        return self.stack.bot.store.get_request(request_id)
+
+    def wait_status(self, request_id: int, status: str, timeout: float = 15.0) -> AccessRequest:
+        return wait_until(
+            lambda: (r := self.request(request_id)) is not None and r.status == status and r,
+            timeout,
+            f"request {request_id} to be {status}",
+        )
+
+    def posts(self, channel: str | None = None) -> list[dict[str, Any]]:
+        calls = self.stack.slack.calls("chat.postMessage")
+        return [c for c in calls if channel is None or c["args"].get("channel") == channel]
+
+    def dms_to(self, user: str) -> list[str]:
+        """Texts posted to the DM channel the stand-in opened for ``user``."""
+        opened = [
+            c["response"]["channel"]["id"]
+            for c in self.stack.slack.calls("conversations.open")
+            if c["args"].get("users") == user and c.get("ok")
+        ]
+        return [
+            c["args"].get("text", "") for c in self.posts() if c["args"].get("channel") in opened
+        ]
+
+    def ephemerals_to(self, user: str) -> list[str]:
+        return [
+            c["args"].get("text", "")
+            for c in self.stack.slack.calls("chat.postEphemeral")
+            if c["args"].get("user") == user
+        ]
+
+
+def write_policy(directory: Path, text: str = FAST_POLICY) -> Path:
+    path = directory / "policies.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
