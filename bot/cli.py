@@ -162,8 +162,17 @@ def _send(args: argparse.Namespace) -> int:
     status, _headers, text = sender.post(url, body, secret)
     print(f"HTTP {status}")
     if text:
-        print(text)
+        print(_reply_text(text))
     return 0 if status == 200 else 1
+
+
+def _reply_text(text: str) -> str:
+    """The text of an ack as a person would read it in Slack, or the raw body."""
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        return text
+    return reply.get("text", text) if isinstance(reply, dict) else text
 
 
 def _approval_ts(slack_api_url: str, request_id: int) -> str | None:

@@ -156,7 +156,7 @@ class SandboxStack:
                 "  jitbot send command 'request vm-web01 22 2h from 203.0.113.7 because demo'",
                 "  jitbot send approve 1          # as approver U0APPROVR1",
                 f"  curl -s {slack_base}/sandbox/calls      # what the bot posted to Slack",
-                f"  curl -s {info['arm_url'].replace('https', 'https')}/sandbox/state -k   "
-                "# the NSGs (self-signed certificate)",
+                f"  curl -s --cacert {info['ca_path']} {info['arm_url']}/sandbox/state"
+                "   # the Azure side",
             ]
         )
