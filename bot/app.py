@@ -24,6 +24,7 @@ from jitcore.clock import ExpiryClock
 from jitcore.db import Store, create_schema, make_engine
 from jitcore.engine import Engine, PolicySet
 from jitcore.policy import load_policy_file
+from jitcore.protection import DriftFinding, Protector
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class JitBot:
     bolt: App
     network: AzureNetwork
     background: ThreadPoolExecutor
+    protector: Protector
 
     def start(self) -> None:
         self.clock.start()
@@ -118,14 +120,28 @@ def build(settings: Settings) -> JitBot:
 
     client = slack_client(settings)
     network = AzureNetwork(azure_target(settings))
+    notifier = SlackNotifier(client)
     engine = Engine(
         store=store,
         policies=PolicySet(policies, versions),
         cloud=network,
-        notifier=SlackNotifier(client),
+        notifier=notifier,
         pending_timeout=timedelta(seconds=settings.pending_timeout_seconds),
     )
-    clock = ExpiryClock(engine, timedelta(seconds=settings.sweep_interval_seconds))
+
+    def report_drift(channel: str, findings: list[DriftFinding]) -> None:
+        try:
+            notifier.drift_detected(channel, [f.describe() for f in findings])
+        except Exception:
+            log.exception("could not report drift to %s", channel)
+
+    protector = Protector(store, engine.policies, network, on_drift=report_drift)
+    clock = ExpiryClock(
+        engine,
+        timedelta(seconds=settings.sweep_interval_seconds),
+        protector=protector,
+        reconcile_interval=timedelta(seconds=settings.reconcile_interval_seconds),
+    )
     bolt = App(
         signing_secret=settings.slack_signing_secret.get_secret_value(),
         client=client,
@@ -135,4 +151,4 @@ def build(settings: Settings) -> JitBot:
     )
     background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jitbot-work")
     listeners.register(bolt, engine, background)
-    return JitBot(settings, store, engine, clock, bolt, network, background)
+    return JitBot(settings, store, engine, clock, bolt, network, background, protector)

@@ -34,6 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run the bot (HTTP mode) from JITBOT_* settings")
     commands.add_parser("check-config", help="validate settings and the policy file, then exit")
 
+    for verb, text in (
+        ("protect", "put JIT deny rules for a VM's policy ports in every NSG on its path"),
+        ("unprotect", "remove jitbot's JIT deny rules for a VM (no other rule is touched)"),
+    ):
+        command = commands.add_parser(verb, help=text)
+        command.add_argument("vm", help="VM name or resource id")
+    commands.add_parser("scan", help="classify every VM of the subscription: exposed, protected…")
+    commands.add_parser("reconcile", help="repair NSG drift once and print what was found")
+
     sandbox = commands.add_parser(
         "sandbox", help="run the bot against local stand-ins of Azure and Slack"
     )
@@ -58,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve()
     if args.command == "check-config":
         return _check_config()
+    if args.command in ("protect", "unprotect", "scan", "reconcile"):
+        return _network_command(args)
     if args.command == "sandbox":
         return _sandbox(args.port, args.dir, args.fresh)
     return _send(args)
@@ -98,6 +109,54 @@ def _serve() -> int:
     _stop_on_signals(server, bot)
     server.serve_forever()
     return 0
+
+
+def _network_command(args: argparse.Namespace) -> int:
+    from bot.app import build
+    from jitcore.errors import JitError
+
+    settings = _load_settings()
+    configure_logging("WARNING", settings.log_format)
+    bot = build(settings)
+    try:
+        if args.command == "protect":
+            outcome = bot.protector.protect(args.vm, "cli")
+            created = ", ".join(outcome.created) or "none"
+            print(f"{outcome.vm_name}: deny rules created in {created}")
+            if outcome.already_protected:
+                print(f"already protected in {', '.join(outcome.already_protected)}")
+        elif args.command == "unprotect":
+            removed = bot.protector.unprotect(args.vm, "cli")
+            print(f"removed jitbot's deny rules from {', '.join(removed) or 'no NSG'}")
+        elif args.command == "reconcile":
+            findings = bot.protector.reconcile()
+            for finding in findings:
+                print(finding.describe())
+            print(f"{len(findings)} finding(s)")
+        else:
+            results = bot.protector.scan(bot.network.vm_names(), progress=_progress_bar("scan"))
+            for result in results:
+                print(f"{result.vm_name:<40} {result.status:<15} {result.reason}")
+    except JitError as exc:
+        print(f"jitbot: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        bot.stop()
+    return 0
+
+
+def _progress_bar(label: str) -> Any:
+    """A one-line progress bar on stderr, redrawn in place when it is a terminal."""
+
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        bar = "#" * filled + "." * (width - filled)
+        end = "\n" if done == total else ""
+        if sys.stderr.isatty() or done == total:
+            print(f"\r{label} [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return show
 
 
 def _stop_on_signals(server: Any, bot: Any) -> None:

@@ -257,3 +257,8 @@ def missing_source() -> str:
         "say where you will connect from: add `from <your public IP or CIDR>`, "
         "e.g. `from 203.0.113.7`"
     )
+
+
+def drift_text(findings: list[str]) -> str:
+    lines = "\n".join(f"• {escape(finding)}" for finding in findings)
+    return f":mag: jitbot found NSG rules that drifted from what it owns, and acted:\n{lines}"

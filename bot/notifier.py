@@ -58,6 +58,11 @@ class SlackNotifier:
         self._update_approval_message(request)
         self._direct(request, messages.expired_unapproved_text(request))
 
+    def drift_detected(self, channel: str, findings: list[str]) -> None:
+        self.client.chat_postMessage(
+            channel=channel, text=messages.drift_text(findings), unfurl_links=False
+        )
+
     def _update_approval_message(self, request: AccessRequest) -> None:
         if not (request.approval_channel and request.approval_ts):
             return

@@ -36,6 +36,7 @@ class SandboxStack:
         policy_file: defaults to the sandbox policies shipped with the package.
         fresh: delete an existing SQLite database first.
         arm_options: extra keyword arguments for the ARM stand-in (faults, timings).
+        arm_seed: the subscription the ARM stand-in serves; the shipped default if None.
     """
 
     def __init__(
@@ -48,6 +49,8 @@ class SandboxStack:
         fresh: bool = False,
         sweep_interval: float = 30.0,
         arm_options: dict[str, Any] | None = None,
+        arm_seed: Path | dict[str, Any] | None = None,
+        reconcile_interval: float = 300.0,
     ) -> None:
         self.workdir = Path(workdir)
         self.bot_port = bot_port
@@ -56,6 +59,8 @@ class SandboxStack:
         self.signing_secret = signing_secret or secrets.token_hex(16)
         self.sweep_interval = sweep_interval
         self.arm_options = arm_options or {}
+        self.arm_seed = arm_seed if arm_seed is not None else seed_file("default.json")
+        self.reconcile_interval = reconcile_interval
         self.fresh = fresh
         self.arm: Any = None
         self.slack: Any = None
@@ -72,7 +77,7 @@ class SandboxStack:
             database.unlink()
         options = {"lro_polls": 1, "retry_after": 0, **self.arm_options}
         self.arm = ArmServer(
-            seed=seed_file("default.json"),
+            seed=self.arm_seed,
             workdir=self.workdir,
             token=SANDBOX_ARM_TOKEN,
             **options,
@@ -97,6 +102,7 @@ class SandboxStack:
             arm_ca_bundle=Path(self.arm.ca_path),
             arm_polling_interval=0.05,
             sweep_interval_seconds=self.sweep_interval,
+            reconcile_interval_seconds=self.reconcile_interval,
         )  # type: ignore[call-arg]
 
     def start_bot(self) -> None:

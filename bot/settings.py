@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     arm_polling_interval: float = Field(default=5.0, ge=0)
 
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=300.0, gt=0)
     pending_timeout_seconds: float = Field(default=3600.0, gt=0)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"

@@ -14,14 +14,23 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from jitcore.engine import Engine
 from jitcore.model import AccessRequest, RequestStatus
+from jitcore.protection import Protector
 
 log = logging.getLogger(__name__)
 
 
 class ExpiryClock:
-    def __init__(self, engine: Engine, sweep_interval: timedelta = timedelta(seconds=30)) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        sweep_interval: timedelta = timedelta(seconds=30),
+        protector: Protector | None = None,
+        reconcile_interval: timedelta = timedelta(minutes=5),
+    ) -> None:
         self.engine = engine
         self.sweep_interval = sweep_interval
+        self.protector = protector
+        self.reconcile_interval = reconcile_interval
         self.scheduler = BackgroundScheduler(
             timezone="UTC",
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
@@ -42,7 +51,22 @@ class ExpiryClock:
             id="sweep",
             replace_existing=True,
         )
+        if self.protector is not None:
+            self.scheduler.add_job(
+                self._reconcile,
+                "interval",
+                seconds=self.reconcile_interval.total_seconds(),
+                id="reconcile",
+                replace_existing=True,
+            )
         log.info("expiry clock started: %d active grant(s) scheduled", len(active))
+
+    def _reconcile(self) -> None:
+        assert self.protector is not None
+        try:
+            self.protector.reconcile()
+        except Exception:
+            log.exception("reconcile failed; trying again at the next interval")
 
     def schedule_expiry(self, request: AccessRequest) -> None:
         if request.ends_at is None or request.id is None:

@@ -29,7 +29,14 @@ from jitcore.db import Store
 from jitcore.errors import CloudError, JitError, NotAuthorized, PlacementError, StateConflict
 from jitcore.model import AccessRequest, Grant, GrantState, RequestStatus, utcnow
 from jitcore.notify import Notifier, RestoreReport
-from jitcore.planner import AllowSpec, Rule, differences, plan_allow
+from jitcore.planner import (
+    ALLOW_PREFIX,
+    AllowSpec,
+    Rule,
+    differences,
+    plan_allow,
+    rule_description,
+)
 from jitcore.policy import CheckedRequest, Policy, check_request, find_policy
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,7 @@ log = logging.getLogger(__name__)
 SYSTEM_ACTOR = "jitbot"
 EXPIRY_EARLY_TOLERANCE = 2.0
 """Seconds an expiry job may fire before the end; it then waits rather than skipping."""
+LIVE_STATUSES = (RequestStatus.OPENING, RequestStatus.ACTIVE, RequestStatus.CLOSING)
 PRIORITY_CONFLICT_CODES = frozenset({"SecurityRuleConflict", "SecurityRuleParameterConflict"})
 
 
@@ -272,6 +280,8 @@ class Engine:
         )
         attempts = 3
         with self.cloud.lock_for(nsg_id):
+            if self._share_existing_rule(request, nsg_id, spec):
+                return
             for attempt in range(1, attempts + 1):
                 baseline = self.cloud.custom_rules(nsg_id)
                 rule = plan_allow([Rule.from_arm(r) for r in baseline], spec)
@@ -305,6 +315,113 @@ class Engine:
                     rule.priority,
                 )
                 return
+
+    def _share_existing_rule(self, request: AccessRequest, nsg_id: str, spec: AllowSpec) -> bool:
+        """Reuse the rule of a live grant for the same requester, VM, ports and source.
+
+        The shared rule stays until the last grant needing it ends; its description is
+        moved to the later end so that a replica without the database still expires it
+        correctly.
+        """
+        assert request.id is not None
+        twin = self._live_twin(request, nsg_id)
+        if twin is None:
+            return False
+        later = max(spec.ends_at, self._end_of(twin.request_id))
+        current = self.cloud.get_rule(nsg_id, twin.rule_name)
+        if current is None:
+            return False
+        properties = dict(current.get("properties", {}))
+        description = rule_description(
+            AllowSpec(
+                twin.request_id,
+                spec.vm_name,
+                spec.source_prefix,
+                spec.destination,
+                spec.ports,
+                spec.protocol,
+                later,
+            )
+        )
+        if properties.get("description") != description:
+            wanted = {k: v for k, v in properties.items() if k not in ("provisioningState",)}
+            wanted["description"] = description
+            self.cloud.create_rule(nsg_id, twin.rule_name, wanted)
+        now = self.clock()
+        with self.store.session() as session:
+            session.add(
+                Grant(
+                    request_id=request.id,
+                    nsg_id=nsg_id,
+                    rule_name=twin.rule_name,
+                    priority=twin.priority,
+                    state=GrantState.PRESENT,
+                    rule=twin.rule,
+                    baseline=twin.baseline,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            session.commit()
+        self.store.audit(
+            "rule_shared",
+            SYSTEM_ACTOR,
+            request.id,
+            nsg=nsg_id,
+            rule=twin.rule_name,
+            with_request=twin.request_id,
+        )
+        log.info("request %s shares rule %s in %s", request.id, twin.rule_name, nsg_id)
+        return True
+
+    def _live_twin(self, request: AccessRequest, nsg_id: str) -> Grant | None:
+        with self.store.session() as session:
+            query = (
+                select(Grant, AccessRequest)
+                .join(AccessRequest, col(Grant.request_id) == col(AccessRequest.id))
+                .where(Grant.state == GrantState.PRESENT)
+                .where(col(AccessRequest.status).in_(LIVE_STATUSES))
+                .where(AccessRequest.requester_id == request.requester_id)
+                .where(AccessRequest.vm_name == request.vm_name)
+                .where(AccessRequest.ports == request.ports)
+                .where(AccessRequest.protocol == request.protocol)
+                .where(AccessRequest.source_prefix == request.source_prefix)
+                .where(AccessRequest.id != request.id)
+            )
+            for grant, _ in session.exec(query):
+                if grant.nsg_id.lower() == nsg_id.lower():
+                    return grant
+        return None
+
+    def _shared(self, rule: dict[str, Any]) -> bool:
+        """Whether a rule of ours is still needed by a live grant of another request."""
+        with self.store.session() as session:
+            query = (
+                select(Grant)
+                .join(AccessRequest, col(Grant.request_id) == col(AccessRequest.id))
+                .where(Grant.state == GrantState.PRESENT)
+                .where(Grant.rule_name == rule["name"])
+                .where(col(AccessRequest.status).in_((RequestStatus.OPENING, RequestStatus.ACTIVE)))
+            )
+            return session.exec(query).first() is not None
+
+    def _end_of(self, request_id: int) -> datetime:
+        request = self._require(request_id)
+        assert request.ends_at is not None
+        return request.ends_at
+
+    def _still_needed(self, grant: Grant) -> bool:
+        """Whether another live request shares this grant's rule."""
+        with self.store.session() as session:
+            query = (
+                select(Grant)
+                .join(AccessRequest, col(Grant.request_id) == col(AccessRequest.id))
+                .where(Grant.state == GrantState.PRESENT)
+                .where(Grant.rule_name == grant.rule_name)
+                .where(Grant.id != grant.id)
+                .where(col(AccessRequest.status).in_((RequestStatus.OPENING, RequestStatus.ACTIVE)))
+            )
+            return any(g.nsg_id.lower() == grant.nsg_id.lower() for g in session.exec(query))
 
     def _record_intent(
         self, request_id: int, nsg_id: str, rule: Rule, baseline: list[dict[str, Any]]
@@ -458,6 +575,16 @@ class Engine:
 
     def _remove_rule(self, grant: Grant) -> None:
         with self.cloud.lock_for(grant.nsg_id):
+            if self._still_needed(grant):
+                self._set_grant(grant, GrantState.REMOVED)
+                self.store.audit(
+                    "rule_kept_shared",
+                    SYSTEM_ACTOR,
+                    grant.request_id,
+                    nsg=grant.nsg_id,
+                    rule=grant.rule_name,
+                )
+                return
             current = self.cloud.get_rule(grant.nsg_id, grant.rule_name)
             if current is None:
                 self._set_grant(grant, GrantState.REMOVED)
@@ -495,9 +622,15 @@ class Engine:
             )
 
     def _restore_report(self, request_id: int) -> RestoreReport:
-        """Compare each NSG with its snapshot from before the request's first rule."""
+        """Compare each NSG with its snapshot from before the request's first rule.
+
+        Allow rules of other grants come and go on their own schedule, so they are left
+        out of the comparison; this request's own rules must be gone, unless another live
+        grant still shares them.
+        """
+        grants = self.grants_of(request_id)
         first_by_nsg: dict[str, Grant] = {}
-        for grant in self.grants_of(request_id):
+        for grant in grants:
             first_by_nsg.setdefault(grant.nsg_id.lower(), grant)
         changes: list[str] = []
         for grant in first_by_nsg.values():
@@ -506,7 +639,12 @@ class Engine:
             except CloudError as exc:
                 changes.append(f"{_short(grant.nsg_id)}: could not re-read ({exc.code})")
                 continue
-            changes.extend(f"{_short(grant.nsg_id)}: {d}" for d in differences(grant.baseline, now))
+            mine = {g.rule_name.lower() for g in grants if g.nsg_id.lower() == grant.nsg_id.lower()}
+            left = [r["name"] for r in now if r["name"].lower() in mine and not self._shared(r)]
+            changes.extend(f"{_short(grant.nsg_id)}: {name} is still present" for name in left)
+            before = [r for r in grant.baseline if not _is_allow_rule(r)]
+            after = [r for r in now if not _is_allow_rule(r)]
+            changes.extend(f"{_short(grant.nsg_id)}: {d}" for d in differences(before, after))
         return RestoreReport(
             restored=not changes,
             nsgs=tuple(_short(g.nsg_id) for g in first_by_nsg.values()),
@@ -632,6 +770,10 @@ class Engine:
                 "notify_failed", SYSTEM_ACTOR, request.id, event=event, error=type(exc).__name__
             )
             return None
+
+
+def _is_allow_rule(rule: dict[str, Any]) -> bool:
+    return str(rule.get("name", "")).lower().startswith(ALLOW_PREFIX)
 
 
 def _short(resource_id: str) -> str:

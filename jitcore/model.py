@@ -153,3 +153,20 @@ class AuditEvent(SQLModel, table=True):
     actor: str
     action: str
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Protection(SQLModel, table=True):
+    """A JIT deny rule jitbot owns in one NSG, protecting a VM's ports."""
+
+    __tablename__ = "protection"
+
+    id: int | None = Field(default=None, primary_key=True)
+    vm_name: str = Field(index=True)
+    nsg_id: str
+    rule_name: str
+    priority: int
+    ports: str
+    state: str = Field(default=GrantState.CREATING, index=True)
+    rule: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime | None = _utc_column(nullable=False)
+    updated_at: datetime | None = _utc_column(nullable=False)

@@ -15,7 +15,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from jitcore.errors import PlacementError
@@ -260,3 +260,83 @@ def differences(before: Iterable[dict[str, Any]], after: Iterable[dict[str, Any]
         + [f"removed {n}" for n in removed]
         + [f"changed {n}" for n in changed]
     )
+
+
+ALLOW_ROOM = 50
+"""Free priorities a new JIT deny leaves before it, when nothing forces it lower, so that
+grants always have somewhere to go."""
+
+_NAME_CHARS = re.compile(r"[^\w.-]")
+
+
+def deny_rule_name(vm_name: str) -> str:
+    """``jitbot-deny-<vm>``, made a valid Azure rule name whatever the VM is called."""
+    safe = _NAME_CHARS.sub("-", vm_name)
+    name = (DENY_PREFIX + safe)[:MAX_NAME].rstrip(".-")
+    return name if _NAME_OK.match(name) else DENY_PREFIX.rstrip("-")
+
+
+def deny_description(vm_name: str) -> str:
+    return f"jitbot: JIT deny for {vm_name}"[:MAX_DESCRIPTION]
+
+
+def plan_deny(
+    rules: Sequence[Rule], vm_name: str, destination: str, ports: Sequence[int]
+) -> Rule:
+    """The JIT deny rule protecting ``ports`` of a VM in an NSG holding ``rules``.
+
+    Rules that already decide traffic to those ports on this VM (other than jitbot's own)
+    keep their precedence: the deny goes after the last of them. With none, it takes the
+    first free priority that still leaves :data:`ALLOW_ROOM` free priorities before it.
+    """
+    if len(rules) >= MAX_RULES_PER_NSG:
+        raise PlacementError(
+            f"the NSG already holds {len(rules)} rules, Azure's limit is {MAX_RULES_PER_NSG}"
+        )
+    taken = {rule.priority for rule in rules if rule.direction.lower() == "inbound"}
+    covering = [
+        rule.priority
+        for rule in rules
+        if rule.direction.lower() == "inbound"
+        and not rule.owned_by_jitbot
+        and ports_overlap(rule.destination_ports, ports)
+        and prefixes_overlap(destination, rule.destination_prefixes)
+    ]
+    if covering:
+        start = max(covering) + 1
+    else:
+        free_seen = 0
+        start = MIN_PRIORITY
+        while start <= MAX_PRIORITY and free_seen < ALLOW_ROOM:
+            if start not in taken:
+                free_seen += 1
+            start += 1
+    priority = next((p for p in range(start, MAX_PRIORITY + 1) if p not in taken), None)
+    if priority is None:
+        raise PlacementError(
+            f"no free inbound priority after {start - 1} for the JIT deny rule of {vm_name}"
+        )
+    return Rule(
+        name=deny_rule_name(vm_name),
+        priority=priority,
+        direction="Inbound",
+        access="Deny",
+        protocol="*",
+        source_prefixes=("*",),
+        destination_prefixes=(destination,),
+        destination_ports=tuple(str(p) for p in ports),
+        source_ports=("*",),
+        description=deny_description(vm_name),
+    )
+
+
+def parse_allow_description(description: str) -> tuple[int, datetime] | None:
+    """The request id and end time from an allow rule's description, if it is jitbot's."""
+    match = _ALLOW_DESCRIPTION.match(description or "")
+    if match is None:
+        return None
+    end = datetime.strptime(match.group(2), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return int(match.group(1)), end
+
+
+_ALLOW_DESCRIPTION = re.compile(r"^jitbot r(\d+) until (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")

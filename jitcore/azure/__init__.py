@@ -21,6 +21,9 @@ class AzureNetwork:
         self.inventory.close()
         self.nsgs.close()
 
+    def vm_names(self) -> list[str]:
+        return self.inventory.vm_names()
+
     def network_of(self, vm: str) -> VmNetwork:
         return self.inventory.network_of(vm)
 

@@ -68,6 +68,14 @@ class Inventory:
             raise cloud_error(exc, f"look up the VM {name_or_id}") from exc
         raise CloudError(f"the VM {name_or_id} was not found in the subscription", code="NotFound")
 
+    def vm_names(self) -> list[str]:
+        """Names of every VM in the subscription."""
+        try:
+            vms = self._compute.virtual_machines.list_all(api_version=COMPUTE_API_VERSION)
+            return sorted(vm.name for vm in vms)
+        except HttpResponseError as exc:
+            raise cloud_error(exc, "list the VMs of the subscription") from exc
+
     def network_of(self, name_or_id: str) -> VmNetwork:
         vm = self.find_vm(name_or_id)
         nic_refs = vm.get("properties", {}).get("networkProfile", {}).get("networkInterfaces", [])

@@ -177,3 +177,44 @@ def test_any_sequence_of_grants_and_expiries_restores_the_nsg_and_never_collides
     for rule in reversed(added):
         rules.remove(rule)
     assert rules == initial
+
+
+def test_the_deny_goes_after_existing_rules_that_cover_the_ports() -> None:
+    from jitcore.planner import plan_deny
+
+    customer = Rule(
+        name="allow-ssh-from-vpn",
+        priority=300,
+        direction="Inbound",
+        access="Allow",
+        source_prefixes=("198.51.100.0/24",),
+        destination_ports=("22",),
+    )
+    deny = plan_deny([customer, allow("allow-https", 100)], "vm-web01", "10.0.1.4", [22, 3389])
+    assert deny.priority == 301
+    assert deny.access == "Deny" and deny.destination_prefixes == ("10.0.1.4",)
+    assert deny.destination_ports == ("22", "3389")
+    assert deny.name == "jitbot-deny-vm-web01"
+
+
+def test_without_covering_rules_the_deny_leaves_room_for_allows_before_it() -> None:
+    from jitcore.planner import ALLOW_ROOM, plan_deny
+
+    deny = plan_deny([allow("allow-https", 100)], "vm-web01", "10.0.1.4", [22])
+    free_before = [p for p in range(100, deny.priority) if p != 100]
+    assert len(free_before) == ALLOW_ROOM
+    assert plan_allow([allow("allow-https", 100), deny], spec()).priority == deny.priority - 1
+
+
+def test_deny_names_are_valid_for_any_vm_name() -> None:
+    from jitcore.planner import deny_rule_name
+
+    assert deny_rule_name("vm web/01") == "jitbot-deny-vm-web-01"
+    assert len(deny_rule_name("v" * 200)) == 80
+
+
+def test_allow_descriptions_are_parsed_back_to_request_and_end() -> None:
+    from jitcore.planner import parse_allow_description
+
+    assert parse_allow_description(rule_description(spec())) == (7, END)
+    assert parse_allow_description("someone else's rule") is None
