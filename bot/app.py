@@ -16,13 +16,18 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from sqlalchemy import text
 
 from bot import listeners
+from bot.edge import SlackEdge
+from bot.gate import AccessGate, build_gate
+from bot.metrics import Metrics
 from bot.notifier import SlackNotifier
 from bot.settings import Settings
 from jitcore.azure import AzureNetwork, AzureTarget
 from jitcore.azure.clients import StaticTokenCredential, default_credential
+from jitcore.azure.firewall import FirewallGateway
 from jitcore.clock import ExpiryClock
 from jitcore.db import Store, create_schema, make_engine
 from jitcore.engine import Engine, PolicySet
+from jitcore.model import utcnow
 from jitcore.policy import load_policy_file
 from jitcore.protection import DriftFinding, Protector
 
@@ -41,6 +46,8 @@ class JitBot:
     network: AzureNetwork
     background: ThreadPoolExecutor
     protector: Protector
+    metrics: Metrics | None = None
+    gate: AccessGate | None = None
 
     def start(self) -> None:
         self.clock.start()
@@ -49,6 +56,10 @@ class JitBot:
         self.background.shutdown(wait=True)
         self.clock.stop()
         self.network.close()
+        if self.engine.firewalls is not None:
+            self.engine.firewalls.close()
+        if self.gate is not None:
+            self.gate.close()
         self.store.engine.dispose()
 
     def ready(self) -> bool:
@@ -63,8 +74,12 @@ class JitBot:
         return True
 
     def wsgi(self) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
-        """The WSGI app: Slack at /slack/events, plus /healthz and /readyz."""
-        slack = SlackRequestHandler(self.bolt, path="/slack/events")
+        """The WSGI app: Slack at /slack/events, plus /healthz, /readyz and /metrics."""
+        slack = SlackEdge(
+            SlackRequestHandler(self.bolt, path="/slack/events"),
+            self.settings.slack_signing_secret.get_secret_value(),
+            lambda signature: self.store.first_sighting(signature, utcnow()),
+        )
 
         def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
@@ -74,6 +89,8 @@ class JitBot:
                 if self.ready():
                     return _plain(start_response, "200 OK", b"ready")
                 return _plain(start_response, "503 Service Unavailable", b"not ready")
+            if path == "/metrics" and self.metrics is not None:
+                return self.metrics.serve(environ, start_response)
             return slack(environ, start_response)
 
         return application
@@ -118,8 +135,11 @@ def build(settings: Settings) -> JitBot:
     policies = load_policy_file(settings.policy_file)
     versions = store.save_policy_versions({p.name: p.body() for p in policies}, origin="file")
 
-    client = slack_client(settings)
-    network = AzureNetwork(azure_target(settings))
+    metrics = Metrics(store, token=settings.metrics_token)
+    client = metrics.watch_slack(slack_client(settings))
+    target = metrics.watch_arm(azure_target(settings))
+    network = AzureNetwork(target)
+    firewalls = FirewallGateway(target) if any(p.firewall for p in policies) else None
     notifier = SlackNotifier(client)
     engine = Engine(
         store=store,
@@ -127,7 +147,10 @@ def build(settings: Settings) -> JitBot:
         cloud=network,
         notifier=notifier,
         pending_timeout=timedelta(seconds=settings.pending_timeout_seconds),
+        lease_seconds=settings.lease_seconds,
+        firewalls=firewalls,
     )
+    metrics.watch_engine(engine, network)
 
     def report_drift(channel: str, findings: list[DriftFinding]) -> None:
         try:
@@ -150,5 +173,17 @@ def build(settings: Settings) -> JitBot:
         logger=logging.getLogger("bot.bolt"),
     )
     background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jitbot-work")
-    listeners.register(bolt, engine, background)
-    return JitBot(settings, store, engine, clock, bolt, network, background, protector)
+    gate = build_gate(settings, engine, client, azure_target(settings))  # identity and RBAC
+    listeners.register(bolt, engine, background, gate)
+    return JitBot(
+        settings,
+        store,
+        engine,
+        clock,
+        bolt,
+        network,
+        background,
+        protector,
+        metrics=metrics,
+        gate=gate,
+    )

@@ -10,14 +10,18 @@ import secrets
 import signal
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.logs import configure_logging
-from bot.settings import Settings
+from bot.messages import FOLLOW_UP_MARK
+from bot.settings import DatabaseSettings, Settings
+from bot.settings import problems as settings_problems
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +47,25 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("scan", help="classify every VM of the subscription: exposed, protected…")
     commands.add_parser("reconcile", help="repair NSG drift once and print what was found")
 
+    audit = commands.add_parser("audit", help="read the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="WHAT")
+    export = audit_commands.add_parser(
+        "export", help="write the audit log as CSV or JSON (needs only DATABASE_URL)"
+    )
+    export.add_argument("--format", choices=("csv", "json"), default="csv")
+    export.add_argument("--since", help="only events at or after this ISO 8601 date or time")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+
     sandbox = commands.add_parser(
         "sandbox", help="run the bot against local stand-ins of Azure and Slack"
     )
     sandbox.add_argument("--port", type=int, default=3000, help="bot port (default 3000)")
     sandbox.add_argument("--dir", type=Path, default=SANDBOX_DIR, help="where state is kept")
-    sandbox.add_argument("--fresh", action="store_true", help="start with an empty database")
+    sandbox.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the database of the last run (the stand-ins always start from the seed)",
+    )
 
     send = commands.add_parser(
         "send", help="sign and send a Slack request to a running `jitbot sandbox`"
@@ -69,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config()
     if args.command in ("protect", "unprotect", "scan", "reconcile"):
         return _network_command(args)
+    if args.command == "audit":
+        return _audit_export(args.format, args.since, args.output)
     if args.command == "sandbox":
-        return _sandbox(args.port, args.dir, args.fresh)
+        return _sandbox(args.port, args.dir, args.keep)
     return _send(args)
 
 
@@ -78,22 +97,70 @@ def _load_settings() -> Settings:
     try:
         return Settings()  # type: ignore[call-arg]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"JITBOT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        raise SystemExit(f"jitbot: invalid configuration: {problems}") from None
+        lines = "\n".join(f"  {line}" for line in settings_problems(exc))
+        raise SystemExit(f"jitbot: invalid configuration:\n{lines}") from None
 
 
 def _check_config() -> int:
+    """Report every invalid setting by its variable, and the policy file's first error."""
     from jitcore.policy import PolicyError, load_policy_file
 
-    settings = _load_settings()
     try:
-        policies = load_policy_file(settings.policy_file)
+        settings: Settings | None = Settings()  # type: ignore[call-arg]
+        failures: list[str] = []
+    except ValidationError as exc:
+        settings, failures = None, settings_problems(exc)
+    policy_file = settings.policy_file if settings else Path(_policy_file_setting())
+    try:
+        policies = load_policy_file(policy_file)
     except PolicyError as exc:
-        print(f"jitbot: {exc.message}", file=sys.stderr)
+        failures.append(f"JITBOT_POLICY_FILE: {exc.message}")
+        policies = []
+    if failures:
+        print(f"jitbot: {len(failures)} problem(s) in the configuration:", file=sys.stderr)
+        for line in failures:
+            print(f"  {line}", file=sys.stderr)
         return 1
-    print(f"configuration valid; {len(policies)} policies in {settings.policy_file}")
+    print(f"configuration valid; {len(policies)} policies in {policy_file}")
+    return 0
+
+
+def _policy_file_setting() -> str:
+    default = Settings.model_fields["policy_file"].default
+    return os.environ.get("JITBOT_POLICY_FILE") or str(default)
+
+
+def _audit_export(fmt: str, since_text: str | None, output: Path | None) -> int:
+    from bot import audit
+    from jitcore.db import Store, make_engine
+
+    try:
+        database = DatabaseSettings()
+        since = audit.parse_since(since_text) if since_text else None
+    except ValidationError as exc:
+        print(f"jitbot: {settings_problems(exc)[0]}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"jitbot: {exc}", file=sys.stderr)
+        return 2
+    missing = audit.missing_sqlite_file(database.database_url)
+    if missing is not None:
+        print(f"jitbot: there is no database at {missing}", file=sys.stderr)
+        return 1
+    engine = make_engine(database.database_url)
+    try:
+        events = audit.events_since(Store(engine), since)
+    except SQLAlchemyError as exc:
+        print(f"jitbot: cannot read the audit log: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    if output is None:
+        audit.write(events, fmt, sys.stdout)
+        return 0
+    with output.open("w", encoding="utf-8", newline="") as out:
+        count = audit.write(events, fmt, out)
+    print(f"{count} audit event(s) written to {output}", file=sys.stderr)
     return 0
 
 
@@ -106,8 +173,12 @@ def _serve() -> int:
     bot = build(settings)
     bot.start()
     server = HttpServer(bot, settings.host, settings.port, settings.http_threads)
-    _stop_on_signals(server, bot)
-    server.serve_forever()
+    _stop_on_signals(server)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+        bot.stop()
     return 0
 
 
@@ -159,30 +230,45 @@ def _progress_bar(label: str) -> Any:
     return show
 
 
-def _stop_on_signals(server: Any, bot: Any) -> None:
+def _stop_on_signals(server: Any) -> None:
+    """SIGTERM or SIGINT ends the serving loop; the caller then stops the bot cleanly."""
+
     def stop(signum: int, _frame: Any) -> None:
         log.info("signal %s: stopping", signum)
-        threading.Thread(target=lambda: (server.close(), bot.stop()), daemon=True).start()
+        server.stop_serving()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
 
-def _sandbox(port: int, workdir: Path, fresh: bool) -> int:
+def _sandbox(port: int, workdir: Path, keep: bool) -> int:
     from bot.sandbox import SandboxStack
 
     configure_logging("INFO", "text")
     workdir.mkdir(parents=True, exist_ok=True)
-    stack = SandboxStack(workdir, bot_port=port, fresh=fresh, sweep_interval=5.0)
+    stack = SandboxStack(workdir, bot_port=port, fresh=not keep, sweep_interval=5.0)
     stack.start()
-    (workdir / SANDBOX_STATE).write_text(json.dumps(stack.describe(), indent=2), encoding="utf-8")
+    state_file = workdir / SANDBOX_STATE
+    state_file.write_text(json.dumps(stack.describe(), indent=2), encoding="utf-8")
     print(stack.banner(), flush=True)
     done = threading.Event()
+    restart = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    done.wait()
+    signal.signal(signal.SIGHUP, lambda *_: (restart.set(), done.set()))
+    while True:
+        done.wait()
+        if not restart.is_set():
+            break
+        restart.clear()
+        done.clear()
+        print("restarting the bot (the stand-ins and the database stay)…", flush=True)
+        stack.stop_bot()
+        stack.start_bot()
+        print(f"bot ready again at {stack.bot_url}", flush=True)
     print("stopping the sandbox…", flush=True)
     stack.stop()
+    state_file.unlink(missing_ok=True)
     return 0
 
 
@@ -199,11 +285,10 @@ def _send(args: argparse.Namespace) -> int:
     state = json.loads(state_file.read_text(encoding="utf-8"))
     secret = state["signing_secret"]
     url = state["bot_url"] + "/slack/events"
+    response_url = f"{state['response_url']}-{secrets.token_hex(4)}"
     if args.what == "command":
         user = args.user or "U0REQ12345"
-        body = sender.slash_command_body(
-            args.text, user_id=user, response_url=state["response_url"]
-        )
+        body = sender.slash_command_body(args.text, user_id=user, response_url=response_url)
     else:
         user = args.user or "U0APPROVR1"
         ts = _approval_ts(state["slack_url"], args.request_id)
@@ -218,11 +303,51 @@ def _send(args: argparse.Namespace) -> int:
             message_ts=ts,
             response_url=state["response_url"],
         )
-    status, _headers, text = sender.post(url, body, secret)
+    try:
+        before = len(_ephemerals_to(state["slack_url"], user))
+        status, _headers, text = sender.post(url, body, secret)
+    except OSError as exc:
+        print(
+            f"jitbot: no sandbox answers at {url} ({exc}); start `jitbot sandbox`", file=sys.stderr
+        )
+        return 2
     print(f"HTTP {status}")
+    if args.what != "command":
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            answers = _ephemerals_to(state["slack_url"], user)[before:]
+            if answers:
+                print("\n".join(answers))
+                break
+            time.sleep(0.2)
     if text:
         print(_reply_text(text))
+        if _reply_text(text).startswith(FOLLOW_UP_MARK):
+            print(_follow_up(state["slack_url"], response_url.rsplit("/", 1)[-1]))
     return 0 if status == 200 else 1
+
+
+def _ephemerals_to(slack_api_url: str, user: str) -> list[str]:
+    """Private answers the bot has given ``user`` so far (refusals, late clicks)."""
+    base = slack_api_url.removesuffix("/").removesuffix("/api")
+    url = f"{base}/sandbox/calls?method=chat.postEphemeral"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        calls = json.load(response)
+    return [c["args"].get("text", "") for c in calls if c.get("args", {}).get("user") == user]
+
+
+def _follow_up(slack_api_url: str, name: str, timeout: float = 15.0) -> str:
+    """The answer the bot sent later to the command's response_url (the sandbox records it)."""
+    base = slack_api_url.removesuffix("/").removesuffix("/api")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{base}/sandbox/calls?method=response_url", timeout=5) as r:
+            calls = json.load(r)
+        for call in calls:
+            if call.get("name") == name:
+                return str(call.get("args", {}).get("text", ""))
+        time.sleep(0.2)
+    return f"(no answer at the response_url within {timeout:.0f}s)"
 
 
 def _reply_text(text: str) -> str:

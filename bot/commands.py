@@ -3,7 +3,15 @@
     request <vm> <ports> <duration> [from <ip|cidr>] [because <reason>]
     list
     revoke <id>
+    why <vm> [port]
+    admin map <user> <userPrincipalName | object id>
+    admin unmap <user>
     help [command]
+
+A ``<user>`` is a Slack mention as Slack escapes it (``<@U0123ABCD>`` or
+``<@U0123ABCD|name>``) or a bare member id (``U0123ABCD``). The manifest sends the text
+unescaped (``should_escape: false``), so a typed ``@name`` arrives as plain text, which
+names nobody for sure; it is refused with a pointer to the member id.
 
 Parsing never touches the database or Azure; what the words mean is the engine's
 business. Errors say what was expected.
@@ -11,6 +19,7 @@ business. Errors say what was expected.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -53,12 +62,32 @@ class HelpCommand:
     topic: str | None = None
 
 
-Command = RequestCommand | ListCommand | RevokeCommand | HelpCommand
+@dataclass(frozen=True)
+class WhyCommand:
+    vm: str
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class AdminMapCommand:
+    user_id: str
+    target: str
+
+
+@dataclass(frozen=True)
+class AdminUnmapCommand:
+    user_id: str
+
+
+AdminCommand = AdminMapCommand | AdminUnmapCommand
+Command = RequestCommand | ListCommand | RevokeCommand | HelpCommand | WhyCommand | AdminCommand
 
 USAGE = {
     "request": "/jit request <vm> <ports> <duration> [from <ip|cidr>] [because <reason>]",
     "list": "/jit list",
     "revoke": "/jit revoke <request id>",
+    "why": "/jit why <vm> [port]",
+    "admin": "/jit admin map <@user> <userPrincipalName or object id> | /jit admin unmap <@user>",
     "help": "/jit help [command]",
 }
 
@@ -76,6 +105,10 @@ def parse_command(text: str) -> Command:
         return ListCommand()
     if verb in ("revoke", "done", "end"):
         return RevokeCommand(_parse_request_id(args, "revoke"))
+    if verb == "why":
+        return _parse_why(args)
+    if verb == "admin":
+        return _parse_admin(args)
     if verb == "help":
         topic = args[0].lower() if args else None
         return HelpCommand(topic if topic in USAGE else None)
@@ -116,7 +149,7 @@ def _parse_request(args: list[str]) -> RequestCommand:
 def parse_ports(text: str) -> tuple[int, ...]:
     ports: list[int] = []
     for part in text.split(","):
-        if not part.isdigit() or not 0 <= int(part) <= 65535:
+        if not (part.isascii() and part.isdigit()) or len(part) > 5 or int(part) > 65535:
             raise CommandError(
                 f"`{_clip(text)}` is not a port list; "
                 "use numbers from 0 to 65535, like 22 or 22,3389",
@@ -133,11 +166,66 @@ def _parse_request_id(args: list[str], verb: str) -> int:
     if len(args) != 1:
         raise CommandError(f"`{verb}` needs one request id", USAGE[verb])
     text = args[0].lstrip("#")
-    if not text.isdigit() or len(text) > 12:
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
         raise CommandError(
             f"`{_clip(args[0])}` is not a request id; use the number, like 42", USAGE[verb]
         )
     return int(text)
+
+
+_MENTION = re.compile(r"<@([UW][A-Z0-9]{2,})(?:\|[^>]*)?>")
+_MEMBER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+_UPN = re.compile(r"[^@\s<>|]+@[^@\s<>|]+\.[^@\s<>|]+")
+
+
+def _parse_why(args: list[str]) -> WhyCommand:
+    if len(args) not in (1, 2):
+        raise CommandError("`why` needs a VM and, optionally, one port", USAGE["why"])
+    port = None
+    if len(args) == 2:
+        text = args[1]
+        if not text.isdigit() or not 0 <= int(text) <= 65535:
+            raise CommandError(f"`{_clip(text)}` is not a port from 0 to 65535", USAGE["why"])
+        port = int(text)
+    return WhyCommand(args[0], port)
+
+
+def _parse_admin(args: list[str]) -> AdminCommand:
+    usage = USAGE["admin"]
+    action = args[0].lower() if args else ""
+    if action == "map" and len(args) == 3:
+        return AdminMapCommand(parse_user(args[1], usage), parse_principal(args[2], usage))
+    if action == "unmap" and len(args) == 2:
+        return AdminUnmapCommand(parse_user(args[1], usage))
+    raise CommandError("`admin` takes `map <user> <principal>` or `unmap <user>`", usage)
+
+
+def parse_user(text: str, usage: str | None = None) -> str:
+    """A Slack member id from ``<@U…>``, ``<@U…|name>`` or a bare ``U…``."""
+    mention = _MENTION.fullmatch(text)
+    if mention is not None:
+        return mention[1]
+    if _MEMBER_ID.fullmatch(text):
+        return text
+    raise CommandError(
+        f"`{_clip(text)}` is not a Slack member id; use one like U0123ABCD "
+        "(profile → ⋮ → Copy member ID), as `@name` reaches jitbot as plain text",
+        usage,
+    )
+
+
+def parse_principal(text: str, usage: str | None = None) -> str:
+    """An Entra ID userPrincipalName or object id, as typed (Slack may wrap an address
+    in ``<mailto:…|…>``, which is unwrapped)."""
+    if text.startswith("<mailto:") and text.endswith(">"):
+        text = text[len("<mailto:") : -1].split("|", 1)[0]
+    if _OBJECT_ID.fullmatch(text) or _UPN.fullmatch(text):
+        return text
+    raise CommandError(
+        f"`{_clip(text)}` is neither a userPrincipalName (name@example.com) nor an object id",
+        usage,
+    )
 
 
 def _index_of(words: list[str], keyword: str) -> int | None:

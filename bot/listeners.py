@@ -14,7 +14,7 @@ import logging
 from concurrent.futures import Executor
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from bot import messages
@@ -26,6 +26,7 @@ from bot.commands import (
     RevokeCommand,
     parse_command,
 )
+from bot.gate import GATED, AccessGate, GateRefusal
 from jitcore.engine import Engine
 from jitcore.errors import JitError, NotAuthorized, StateConflict
 from jitcore.model import RequestStatus
@@ -40,12 +41,23 @@ OPEN_STATUSES = (
 )
 
 
-def register(app: App, engine: Engine, background: Executor) -> None:
-    def handle_command(ack: Ack, body: dict[str, Any]) -> None:
+def register(app: App, engine: Engine, background: Executor, gate: AccessGate) -> None:
+    def handle_command(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         try:
             command = parse_command(body.get("text") or "")
         except CommandError as exc:
             ack(response_type="ephemeral", text=messages.usage_error(exc.message, exc.usage))
+            return
+        # Access checks (identity, Azure RBAC): see bot.gate.
+        if isinstance(command, GATED):
+            early = gate.early_answer(command)
+            if early is not None:
+                ack(response_type="ephemeral", text=early)
+                return
+            ack(response_type="ephemeral", text=gate.ack_text(command))
+            background.submit(
+                _logged, _gated_command, engine, background, gate, command, body, respond
+            )
             return
         ack(response_type="ephemeral", text=_run_command(engine, background, command, body))
 
@@ -55,10 +67,10 @@ def register(app: App, engine: Engine, background: Executor) -> None:
         ack()
 
     def approve(body: dict[str, Any], client: WebClient) -> None:
-        _decide(engine, body, client, approve=True)
+        _decide(engine, body, client, approve=True, gate=gate)
 
     def deny(body: dict[str, Any], client: WebClient) -> None:
-        _decide(engine, body, client, approve=False)
+        _decide(engine, body, client, approve=False, gate=gate)
 
     app.action(messages.APPROVE_ACTION)(ack=ack_click, lazy=[approve])
     app.action(messages.DENY_ACTION)(ack=ack_click, lazy=[deny])
@@ -88,7 +100,7 @@ def _run_command(engine: Engine, background: Executor, command: Any, body: dict[
         )
     except JitError as exc:
         return messages.error_text(exc.message)
-    background.submit(_logged, engine.announce, request.id)
+    background.submit(_logged, engine.deliver, request.id)
     return messages.submitted_ack(request)
 
 
@@ -107,6 +119,25 @@ def _revoke(engine: Engine, background: Executor, request_id: int, user_id: str)
     return messages.revoked_ack(request_id)
 
 
+def _gated_command(
+    engine: Engine,
+    background: Executor,
+    gate: AccessGate,
+    command: Any,
+    body: dict[str, Any],
+    respond: Respond,
+) -> None:
+    """Run a command's access checks, then the command; answer through response_url."""
+    try:
+        text = gate.run(command, body["user_id"])
+        if text is None:
+            text = _run_command(engine, background, command, body)
+    except Exception:
+        log.exception("the checked command %s failed", type(command).__name__)
+        text = messages.gate_failed()
+    respond(text=text, response_type="ephemeral", replace_original=False)
+
+
 def _logged(work: Any, *args: Any) -> None:
     """Run background work; its failures are logged, as no user is waiting on them."""
     try:
@@ -115,12 +146,14 @@ def _logged(work: Any, *args: Any) -> None:
         log.exception("background work %s%s failed", getattr(work, "__name__", work), args)
 
 
-def _decide(engine: Engine, body: dict[str, Any], client: WebClient, approve: bool) -> None:
+def _decide(
+    engine: Engine, body: dict[str, Any], client: WebClient, approve: bool, gate: AccessGate
+) -> None:
     user_id = body["user"]["id"]
     channel = (body.get("channel") or {}).get("id") or body.get("container", {}).get("channel_id")
     action = body["actions"][0]
     value = str(action.get("value", ""))
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
         log.info("click with a malformed request id from %s ignored", user_id)
         return
     request_id = int(value)
@@ -129,9 +162,12 @@ def _decide(engine: Engine, body: dict[str, Any], client: WebClient, approve: bo
         if request is None or request.team_id != body.get("team", {}).get("id", request.team_id):
             raise NotAuthorized(f"there is no request #{request_id} here")
         if approve:
+            gate.authorize_approval(request, user_id)
             engine.approve(request_id, user_id)
         else:
             engine.deny(request_id, user_id)
+    except GateRefusal as exc:
+        _tell(client, channel, user_id, exc.text)
     except StateConflict as exc:
         _tell(
             client,

@@ -24,14 +24,41 @@ HELP_TEXT = "\n".join(
         " — e.g. `/jit request vm-web01 22 2h from 203.0.113.7 because deploy fix`",
         "• `/jit list` — your pending and active requests",
         "• `/jit revoke <id>` — end access now (requester or approver)",
+        "• `/jit why <vm> [port]` — who you are in Azure, what your roles allow at that VM,"
+        " which policy covers it and who approves",
+        "• `/jit admin map <@user> <upn or object id>` / `/jit admin unmap <@user>`"
+        " — tie a Slack user to an Entra ID user (admins)",
         "• `/jit help` — this text",
         "Durations look like `90m`, `2h`, `1h30m`; ports like `22` or `22,3389`.",
     ]
 )
 
 
+_INVISIBLE = dict.fromkeys(
+    [
+        *range(0x09),
+        0x0B,
+        0x0C,
+        *range(0x0E, 0x20),
+        0x7F,
+        0x200E,
+        0x200F,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ],
+    "\ufffd",
+)
+"""Control and bidirectional-override characters, which could make text read differently
+from what it says (``U+202E`` turns the rest of a line around)."""
+
+
 def escape(text: str) -> str:
-    """Escape Slack mrkdwn control characters (``&``, ``<``, ``>``) in untrusted text."""
+    """Make untrusted text safe to show in Slack mrkdwn.
+
+    ``&``, ``<`` and ``>`` are escaped, so ``<!channel>``, ``<@U123>`` and links show as
+    text; control and direction-override characters are replaced with U+FFFD.
+    """
+    text = text.translate(_INVISIBLE)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -162,9 +189,9 @@ def status_line(request: AccessRequest) -> str:
         case RequestStatus.CLOSING:
             return ":hourglass_flowing_sand: Closing; removing the rules…"
         case RequestStatus.CLOSED:
-            return ":lock: Access expired; the network rules are restored"
+            return ":lock: Access expired; jitbot's rules are removed (details in the thread)"
         case RequestStatus.REVOKED:
-            return ":lock: Access ended early; the network rules are restored"
+            return ":lock: Access ended early; jitbot's rules are removed (details in the thread)"
         case RequestStatus.EXPIRED:
             return ":zzz: Nobody decided in time; the request expired"
         case RequestStatus.FAILED:
@@ -172,9 +199,18 @@ def status_line(request: AccessRequest) -> str:
     return escape(request.status)
 
 
+_AFTER_APPROVAL = {"approved", "opening", "active", "closing", "closed", "revoked", "failed"}
+
+
 def already_decided(request_id: int, status: str, decided_by: str | None) -> str:
+    """The answer to a late click: who decided first, and what became of the request."""
     by = f" by {mention(decided_by)}" if decided_by else ""
-    return f"Request #{request_id} was already {escape(status)}{by}; nothing changed."
+    if status == "denied":
+        return f"Request #{request_id} was already denied{by}; nothing changed."
+    if status in _AFTER_APPROVAL:
+        now = "" if status == "approved" else f" (now {escape(status)})"
+        return f"Request #{request_id} was already approved{by}{now}; nothing changed."
+    return f"Request #{request_id} is {escape(status)}; nothing changed."
 
 
 def granted_text(request: AccessRequest, grants: list[Grant]) -> str:
@@ -221,7 +257,7 @@ def closed_text(request: AccessRequest, report: RestoreReport) -> str:
         changes = "; ".join(escape(c) for c in report.changes_by_others)
         text += (
             "jitbot's rules are removed. The NSG differs from before the grant because of "
-            f"changes made by others, left untouched: {changes}"
+            f"changes made by others, left untouched: {changes}."
         )
     return text + " Sessions already established are not cut by Azure."
 
@@ -262,3 +298,217 @@ def missing_source() -> str:
 def drift_text(findings: list[str]) -> str:
     lines = "\n".join(f"• {escape(finding)}" for finding in findings)
     return f":mag: jitbot found NSG rules that drifted from what it owns, and acted:\n{lines}"
+
+
+# -- identity and Azure RBAC -----------------------------------------------------------
+
+FOLLOW_UP_MARK = ":hourglass_flowing_sand:"
+"""Starts an ack whose real answer follows through the command's response_url."""
+
+_OPERATION_VERBS = {
+    "request": "request access to {vm}",
+    "approve": "approve requests for {vm}",
+    "read": "see JIT requests for {vm}",
+    "configure": "administer jitbot in this subscription",
+}
+
+_IDENTITY_REASONS = {
+    "unknown_user": "Slack does not know the user {who}.",
+    "deactivated": "The Slack account of {who} is deactivated.",
+    "bot": "{who} is a bot or an app; only people can use jitbot.",
+    "guest": "{who} is a guest of this workspace; jitbot is for full members only.",
+    "external": "{who} belongs to another organisation; jitbot is for this workspace only.",
+    "no_email": "jitbot cannot see an email address on the Slack profile of {who}.",
+    "unconfirmed_email": "The email address {target} of {who} is not confirmed in Slack.",
+    "no_principal": "No Entra ID user has {target} as its mail or user principal name.",
+    "ambiguous": "Several Entra ID users answer to {target}; jitbot does not guess.",
+    "disabled": "The Entra ID account {target} is disabled.",
+}
+_MAPPING_FIXABLE = frozenset({"no_email", "unconfirmed_email", "no_principal", "ambiguous"})
+
+
+def checking_access(what: str) -> str:
+    return f"{FOLLOW_UP_MARK} Checking your Azure access {escape(what)}…"
+
+
+def identity_refused(
+    user_id: str, reason: str, target: str, source: str, *, hint: bool = True
+) -> str:
+    """Why ``user_id`` cannot be tied to an Entra ID user, and (with ``hint``, for the
+    user themself) how to get it fixed."""
+    who = mention(user_id)
+    shown = f"`{escape(target)}`" if target else "the address"
+    text = ":no_entry: " + _IDENTITY_REASONS[reason].format(who=who, target=shown)
+    if source in ("admin", "policy") and reason == "no_principal":
+        where = "a jitbot admin's mapping" if source == "admin" else "the policy file's mapping"
+        text += f" It comes from {where}, which needs fixing."
+    if hint and reason in _MAPPING_FIXABLE:
+        text += (
+            " jitbot needs to know who you are in Entra ID: ask a jitbot admin to run "
+            f"`/jit admin map {who} <your user principal name or object id>`."
+        )
+    return text
+
+
+def requester_unmapped(requester_id: str, reason: str, target: str, source: str) -> str:
+    why = identity_refused(requester_id, reason, target, source, hint=False)
+    return (
+        f"{why.removeprefix(':no_entry: ')}\n:no_entry: So jitbot cannot check the requester's "
+        "Azure roles, and the request cannot be approved; it stays pending (deny it, or have "
+        "them mapped first)."
+    )
+
+
+def requester_lost_access(requester_id: str, vm: str, decision: Any) -> str:
+    missing = ", ".join(f"`{escape(a)}`" for a in decision.missing)
+    return (
+        f":no_entry: {mention(requester_id)} no longer holds what requesting access to "
+        f"*{escape(vm)}* needs at `{escape(decision.scope)}`: {missing}. The request cannot "
+        "be approved; it stays pending (deny it, or approve once their role is back)."
+    )
+
+
+def gate_failed() -> str:
+    return (
+        ":warning: jitbot failed while checking your access and did nothing; the error is in "
+        "its log. Try again, or tell its operators."
+    )
+
+
+def identity_unavailable() -> str:
+    return (
+        ":warning: jitbot could not reach Slack or Entra ID to check who you are, so it did "
+        "nothing. Try again in a minute."
+    )
+
+
+def access_check_failed(reason: str) -> str:
+    return (
+        f":warning: jitbot could not read your Azure permissions, so it did nothing: "
+        f"{escape(reason)}"
+    )
+
+
+def access_refused(operation: str, vm: str | None, upn: str, decision: Any) -> str:
+    """The refusal of an Azure RBAC check: the missing actions, the scope, what counted."""
+    doing = _OPERATION_VERBS[operation].format(vm=f"*{escape(vm or '')}*")
+    denied: dict[str, list[str]] = {}
+    for action, deny_id in decision.denied:
+        denied.setdefault(action, []).append(deny_id.rstrip("/").rsplit("/", 1)[-1])
+    lines = [
+        f":no_entry: You cannot {doing}: your Azure identity `{escape(upn)}` lacks "
+        f"{_count(len(decision.missing), 'action')} at `{escape(decision.scope)}`:"
+    ]
+    for action in decision.missing:
+        line = f"• `{escape(action)}`"
+        if action in denied:
+            line += " — blocked by deny assignment " + ", ".join(
+                f"`{escape(d)}`" for d in denied[action]
+            )
+        lines.append(line)
+    lines.append(_roles_line(decision))
+    advice = (
+        "Ask your Azure administrator for a role that grants them "
+        "(docs/permissions.md lists the roles)"
+    )
+    if vm:
+        advice += f"; `/jit why {escape(vm)}` shows the details"
+    lines.append(advice + ".")
+    return "\n".join(lines)
+
+
+def _roles_line(decision: Any) -> str:
+    roles: list[str] = []
+    for sources in decision.granted_by.values():
+        for role, scope in sources:
+            text = f"{escape(role)} at `{escape(scope)}`"
+            if text not in roles:
+                roles.append(text)
+    if not roles:
+        return "No role assignment of yours grants any of the needed actions there."
+    return "Roles that count there: " + "; ".join(roles) + "."
+
+
+def why_text(
+    principal: Any,
+    vm: str,
+    decision: Any | None,
+    policy: Any | None,
+    port: int | None,
+    requester_id: str,
+) -> str:
+    """``/jit why``: who you are, what your roles allow at the VM, the policy, the approvers."""
+    lines = [
+        f"*Why, for {escape(vm)}*",
+        f"• You are `{escape(principal.upn)}` (object id `{escape(principal.object_id)}`), "
+        f"from {_source_text(principal.source)}.",
+    ]
+    if decision is not None:
+        lines += _decision_lines(decision)
+    lines += _policy_lines(policy, vm, port, requester_id)
+    return "\n".join(lines)
+
+
+def _source_text(source: str) -> str:
+    return {
+        "admin": "a jitbot admin's mapping",
+        "policy": "the policy file's `principals` map",
+        "email": "your Slack email address",
+    }.get(source, escape(source))
+
+
+def _decision_lines(decision: Any) -> list[str]:
+    verdict = "can" if decision.allowed else "cannot"
+    lines = [f"• Your Azure roles {verdict} request JIT access at `{escape(decision.scope)}`."]
+    if decision.held:
+        lines.append("• Held: " + ", ".join(f"`{escape(a)}`" for a in decision.held))
+    if decision.missing:
+        denied = {action for action, _ in decision.denied}
+        missing = [
+            f"`{escape(a)}`" + (" (blocked by a deny assignment)" if a in denied else "")
+            for a in decision.missing
+        ]
+        lines.append("• Missing: " + ", ".join(missing))
+    lines.append("• " + _roles_line(decision))
+    return lines
+
+
+def _policy_lines(policy: Any | None, vm: str, port: int | None, requester_id: str) -> list[str]:
+    if policy is None:
+        return [f"• No JIT policy covers {escape(vm)}, so it cannot be requested."]
+    ports = ", ".join(
+        f"{r.port}/{r.protocol} up to {format_duration(r.max_duration)}" for r in policy.ports
+    )
+    lines = [f"• Policy `{escape(policy.name)}` covers it: {ports}."]
+    if port is not None:
+        allowed = policy.port_rule(port) is not None
+        lines.append(f"• Port {port} is {'' if allowed else 'not '}in that policy.")
+    approvers = [mention(a) for a in policy.approvers if a != requester_id]
+    if approvers:
+        lines.append(
+            "• Approvers: " + ", ".join(approvers) + " (each must also hold the request actions "
+            "at the VM in Azure when they approve)."
+        )
+    else:
+        lines.append("• Nobody but you is an approver, and nobody approves their own request.")
+    return lines
+
+
+def mapped_text(user_id: str, upn: str, object_id: str) -> str:
+    return (
+        f":white_check_mark: {mention(user_id)} is now `{escape(upn)}` "
+        f"(object id `{escape(object_id)}`) for jitbot."
+    )
+
+
+def unmapped_text(user_id: str, removed: bool) -> str:
+    if not removed:
+        return f"{mention(user_id)} had no admin mapping; nothing changed."
+    return (
+        f":white_check_mark: The admin mapping of {mention(user_id)} is removed; jitbot will "
+        "use the policy file or their Slack email next time."
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

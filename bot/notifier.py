@@ -1,11 +1,19 @@
 """The engine's notifier, for Slack: one approval message per request, updated in place,
-a thread for its whole life, and direct messages to the requester."""
+a thread for its whole life, and direct messages to the requester.
+
+The requester's DM is what matters most, so it goes first, and its failure is raised:
+the engine keeps the notice and tries again. Updating the approval message and replying
+in its thread are best effort (the message may have been deleted); their failures are
+logged, and never stop the DM or repeat it.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from bot import messages
 from jitcore.model import AccessRequest, Grant
@@ -30,38 +38,46 @@ class SlackNotifier:
         return Posted(channel=response["channel"], ts=response["ts"])
 
     def request_approved(self, request: AccessRequest) -> None:
-        self._update_approval_message(request)
+        self._best_effort(self._update_approval_message, request)
 
     def request_denied(self, request: AccessRequest) -> None:
-        self._update_approval_message(request)
         self._direct(request, messages.denied_text(request))
+        self._best_effort(self._update_approval_message, request)
 
     def request_granted(self, request: AccessRequest, grants: list[Grant]) -> None:
-        text = messages.granted_text(request, grants)
-        self._update_approval_message(request)
-        self._thread(request, text)
-        self._direct(request, text)
+        self._tell_everyone(request, messages.granted_text(request, grants))
 
     def request_failed(self, request: AccessRequest, reason: str) -> None:
-        text = messages.failed_text(request, reason)
-        self._update_approval_message(request)
-        self._thread(request, text)
-        self._direct(request, text)
+        self._tell_everyone(request, messages.failed_text(request, reason))
 
     def request_closed(self, request: AccessRequest, report: RestoreReport) -> None:
-        text = messages.closed_text(request, report)
-        self._update_approval_message(request)
-        self._thread(request, text)
-        self._direct(request, text)
+        self._tell_everyone(request, messages.closed_text(request, report))
 
     def request_expired_unapproved(self, request: AccessRequest) -> None:
-        self._update_approval_message(request)
         self._direct(request, messages.expired_unapproved_text(request))
+        self._best_effort(self._update_approval_message, request)
 
     def drift_detected(self, channel: str, findings: list[str]) -> None:
         self.client.chat_postMessage(
             channel=channel, text=messages.drift_text(findings), unfurl_links=False
         )
+
+    def _tell_everyone(self, request: AccessRequest, text: str) -> None:
+        self._direct(request, text)
+        self._best_effort(self._thread, request, text)
+        self._best_effort(self._update_approval_message, request)
+
+    def _best_effort(self, step: Any, *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception as exc:
+            error = exc.response.get("error") if isinstance(exc, SlackApiError) else None
+            log.warning(
+                "Slack refused %s for request %s: %s",
+                step.__name__.strip("_"),
+                args[0].id,
+                error or type(exc).__name__,
+            )
 
     def _update_approval_message(self, request: AccessRequest) -> None:
         if not (request.approval_channel and request.approval_ts):

@@ -7,7 +7,9 @@ a newcomer sees is what the tests prove.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,12 @@ log = logging.getLogger(__name__)
 
 SANDBOX_ARM_TOKEN = "sandbox-arm-token"
 SANDBOX_BOT_TOKEN = "xoxb-sandbox-0000000000-jitbot"
+
+
+def _jitbot() -> str:
+    """How to call this same jitbot from another terminal."""
+    command = Path(sys.argv[0])
+    return str(command) if command.name == "jitbot" else "jitbot"
 
 
 def seed_file(name: str) -> Path:
@@ -37,6 +45,7 @@ class SandboxStack:
         fresh: delete an existing SQLite database first.
         arm_options: extra keyword arguments for the ARM stand-in (faults, timings).
         arm_seed: the subscription the ARM stand-in serves; the shipped default if None.
+        settings: extra bot settings (``Settings`` field names), e.g. cache times.
     """
 
     def __init__(
@@ -51,6 +60,7 @@ class SandboxStack:
         arm_options: dict[str, Any] | None = None,
         arm_seed: Path | dict[str, Any] | None = None,
         reconcile_interval: float = 300.0,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.bot_port = bot_port
@@ -61,6 +71,7 @@ class SandboxStack:
         self.arm_options = arm_options or {}
         self.arm_seed = arm_seed if arm_seed is not None else seed_file("default.json")
         self.reconcile_interval = reconcile_interval
+        self.extra_settings = settings or {}
         self.fresh = fresh
         self.arm: Any = None
         self.slack: Any = None
@@ -75,7 +86,7 @@ class SandboxStack:
         database = self.workdir / "jitbot.db"
         if self.fresh and database.exists():
             database.unlink()
-        options = {"lro_polls": 1, "retry_after": 0, **self.arm_options}
+        options = {"lro_polls": 1, "retry_after": 0, "lro_timeout": 2.0, **self.arm_options}
         self.arm = ArmServer(
             seed=self.arm_seed,
             workdir=self.workdir,
@@ -103,6 +114,8 @@ class SandboxStack:
             arm_polling_interval=0.05,
             sweep_interval_seconds=self.sweep_interval,
             reconcile_interval_seconds=self.reconcile_interval,
+            graph_url=self.arm.url,  # the ARM stand-in also serves Graph, under /v1.0/
+            **self.extra_settings,
         )  # type: ignore[call-arg]
 
     def start_bot(self) -> None:
@@ -158,9 +171,10 @@ class SandboxStack:
                 f"  Slack API stand-in    {info['slack_url']}",
                 f"  database              {info['database_url']}",
                 "",
-                "Try it, in another terminal:",
-                "  jitbot send command 'request vm-web01 22 2h from 203.0.113.7 because demo'",
-                "  jitbot send approve 1          # as approver U0APPROVR1",
+                "Try it, in another terminal (same folder):",
+                f"  {_jitbot()} send command 'request vm-web01 22 2h from 203.0.113.7'",
+                f"  {_jitbot()} send approve 1          # as approver U0APPROVR1",
+                f"  kill -HUP {os.getpid()}      # restart only the bot; live grants still expire",
                 f"  curl -s {slack_base}/sandbox/calls      # what the bot posted to Slack",
                 f"  curl -s --cacert {info['ca_path']} {info['arm_url']}/sandbox/state"
                 "   # the Azure side",

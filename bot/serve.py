@@ -37,7 +37,25 @@ class HttpServer:
         log.info("serving Slack requests at %s/slack/events", self.url)
         self._server.run()
 
+    def stop_serving(self) -> None:
+        """Ask the serving loop to end (safe from a signal handler or another thread)."""
+        self._server.trigger.pull_trigger(lambda: _close_all(self._server))
+
     def close(self) -> None:
-        self._server.close()
-        if self._thread is not None:
+        """Stop serving: close every connection from inside the server's own loop, so the
+        loop ends by itself, then stop the worker threads."""
+        server = self._server
+        if self._thread is not None and self._thread.is_alive():
+            self.stop_serving()
             self._thread.join(timeout=5)
+        elif server._map:
+            _close_all(server)
+        server.task_dispatcher.shutdown()
+
+
+def _close_all(server: Any) -> None:
+    for channel in list(server._map.values()):
+        try:
+            channel.close()
+        except OSError:
+            log.debug("a connection was already closed at shutdown")

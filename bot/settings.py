@@ -1,25 +1,52 @@
 """Configuration, from environment variables (``JITBOT_*``), validated at start.
 
-Errors name the setting. Secrets are ``SecretStr`` so they never print by accident.
+Errors name the setting by its environment variable. Secrets are ``SecretStr`` so they
+never print by accident, and :func:`problems` never echoes a secret or the database URL
+(it may hold a password).
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "JITBOT_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DATABASE_BACKENDS = ("sqlite", "postgresql")
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="JITBOT_", extra="ignore")
+class DatabaseSettings(BaseSettings):
+    """Just the database: enough for tools that only read it, such as ``audit export``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     database_url: str = Field(
         default="sqlite:///jitbot.db",
         validation_alias="DATABASE_URL",
         description="SQLAlchemy URL; sqlite:///file.db or postgresql://user@host/db",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL; expected sqlite:///file.db or postgresql://user@host/db"
+            ) from None
+        if backend not in DATABASE_BACKENDS:
+            raise ValueError(f"{backend} is not supported; use sqlite or postgresql")
+        return value
+
+
+class Settings(DatabaseSettings):
     policy_file: Path = Path("policies.yaml")
 
     slack_signing_secret: SecretStr
@@ -31,21 +58,85 @@ class Settings(BaseSettings):
 
     azure_subscription_id: str
     azure_credential: Literal["default", "static"] = "default"
-    azure_static_token: SecretStr | None = None
+    azure_static_token: SecretStr | None = Field(default=None, validate_default=True)
     arm_url: str = "https://management.azure.com"
     arm_ca_bundle: Path | None = None
     arm_polling_interval: float = Field(default=5.0, ge=0)
+    graph_url: str = Field(
+        default="https://graph.microsoft.com",
+        description="Microsoft Graph base URL; its CA is JITBOT_ARM_CA_BUNDLE when set",
+    )
+    rbac_cache_seconds: float = Field(default=300.0, ge=0)
+    identity_cache_seconds: float = Field(default=3600.0, ge=0)
 
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     reconcile_interval_seconds: float = Field(default=300.0, gt=0)
+    lease_seconds: float = Field(default=300.0, gt=0)
     pending_timeout_seconds: float = Field(default=3600.0, gt=0)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
+    metrics_token: SecretStr | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Settings:
-        if self.azure_credential == "static" and self.azure_static_token is None:
-            raise ValueError(
-                "JITBOT_AZURE_STATIC_TOKEN is required when JITBOT_AZURE_CREDENTIAL=static"
-            )
-        return self
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _bot_token(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("xoxb-"):
+            raise ValueError("a bot token starts with xoxb- (OAuth & Permissions in the app)")
+        return value
+
+    @field_validator("azure_subscription_id")
+    @classmethod
+    def _subscription_guid(cls, value: str) -> str:
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            raise ValueError("a subscription id is a GUID like 00000000-0000-...") from None
+        return value
+
+    @field_validator("azure_static_token")
+    @classmethod
+    def _static_token(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None and info.data.get("azure_credential") == "static":
+            raise ValueError("required when JITBOT_AZURE_CREDENTIAL=static")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"use one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field`` (a field name or its alias)."""
+    for name, info in Settings.model_fields.items():
+        if field in (name, info.validation_alias):
+            return str(info.validation_alias or ENV_PREFIX + name.upper())
+    return field if field.isupper() else ENV_PREFIX + field.upper()
+
+
+def problems(error: ValidationError) -> list[str]:
+    """One line per invalid setting, named by its environment variable."""
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        lines.append(f"{env_name(field)}: {_message(item, field)}")
+    return lines
+
+
+def _message(item: Any, field: str) -> str:
+    if item["type"] == "missing":
+        return "missing; it is required"
+    message = str(item["msg"]).removeprefix("Value error, ")
+    if _may_echo(field) and isinstance(item.get("input"), str | int | float):
+        message += f" (got {item['input']!r})"
+    return message
+
+
+def _may_echo(field: str) -> bool:
+    """Whether a bad value may be shown: never for a secret or the database URL."""
+    info = Settings.model_fields.get(field)
+    if info is None or field == "database_url":  # unknown, or the URL by its alias
+        return False
+    return "SecretStr" not in str(info.annotation)

@@ -8,11 +8,19 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, update
+from sqlalchemy import delete, event, or_, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
-from jitcore.model import AccessRequest, AuditEvent, PolicyVersion, utcnow
+from jitcore.model import (
+    AccessRequest,
+    AuditEvent,
+    Notification,
+    PolicyVersion,
+    SeenSignature,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +64,21 @@ class Store:
             return session.get(AccessRequest, request_id)
 
     def transition(
-        self, request_id: int, from_statuses: tuple[str, ...], to_status: str, **values: Any
+        self,
+        request_id: int,
+        from_statuses: tuple[str, ...],
+        to_status: str,
+        notify: tuple[str, dict[str, Any]] | None = None,
+        audit: tuple[str, str, dict[str, Any]] | None = None,
+        **values: Any,
     ) -> bool:
         """Move a request to ``to_status`` only if it is in one of ``from_statuses``.
 
         The check and the write are one UPDATE, so of two concurrent callers (a double
-        click, a Slack retry, a second replica) exactly one wins.
+        click, a Slack retry, a second replica) exactly one wins. ``notify`` (an event and
+        its arguments) is queued in the same transaction, so a state change is never
+        recorded without the news of it; ``audit`` (action, actor, detail) likewise, so the
+        audit log holds exactly the transitions that happened.
         """
         statement = (
             update(AccessRequest)
@@ -71,8 +88,122 @@ class Store:
         )
         with self.session() as session:
             result = session.execute(statement)
+            moved = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            if moved and notify is not None:
+                session.add(self.notification(request_id, *notify))
+            if moved and audit is not None:
+                action, actor, detail = audit
+                session.add(
+                    AuditEvent(
+                        at=utcnow(),
+                        request_id=request_id,
+                        actor=actor,
+                        action=action,
+                        detail=detail,
+                    )
+                )
+            session.commit()
+            return moved
+
+    @staticmethod
+    def notification(request_id: int, event: str, args: dict[str, Any]) -> Notification:
+        return Notification(request_id=request_id, event=event, args=args, created_at=utcnow())
+
+    def pending_notifications(self, request_id: int | None = None) -> list[Notification]:
+        with self.session() as session:
+            query = select(Notification).where(col(Notification.sent_at).is_(None))
+            if request_id is not None:
+                query = query.where(Notification.request_id == request_id)
+            return list(session.exec(query.order_by(col(Notification.id))))
+
+    def claim_notification(
+        self, notification_id: int, owner: str, now: datetime, until: datetime
+    ) -> bool:
+        """Take a notification to deliver; of several workers, one gets it."""
+        statement = (
+            update(Notification)
+            .where(col(Notification.id) == notification_id)
+            .where(col(Notification.sent_at).is_(None))
+            .where(
+                or_(
+                    col(Notification.claimed_until).is_(None),
+                    col(Notification.claimed_until) < now,
+                )
+            )
+            .values(claimed_by=owner, claimed_until=until, attempts=Notification.attempts + 1)
+        )
+        with self.session() as session:
+            result = session.execute(statement)
             session.commit()
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def finish_notification(
+        self, notification_id: int, now: datetime, error: str | None = None, give_up: bool = False
+    ) -> None:
+        """Record a delivery: sent (or given up), or failed and free to be tried again."""
+        values: dict[str, Any] = {"last_error": error, "claimed_until": None}
+        if error is None or give_up:
+            values["sent_at"] = now
+        statement = update(Notification).where(col(Notification.id) == notification_id)
+        with self.session() as session:
+            session.execute(statement.values(**values))
+            session.commit()
+
+    def notifications(self, request_id: int) -> list[Notification]:
+        with self.session() as session:
+            query = select(Notification).where(Notification.request_id == request_id)
+            return list(session.exec(query.order_by(col(Notification.id))))
+
+    def take_lease(self, request_id: int, owner: str, now: datetime, until: datetime) -> bool:
+        """Claim a request for one worker until ``until``, unless another holds it.
+
+        Replicas sharing a database use this so that only one of them works on a request
+        at a time; a lease left by a replica that died runs out and can be taken over.
+        """
+        statement = (
+            update(AccessRequest)
+            .where(col(AccessRequest.id) == request_id)
+            .where(
+                or_(
+                    col(AccessRequest.lease_owner).is_(None),
+                    col(AccessRequest.lease_owner) == owner,
+                    col(AccessRequest.lease_until) < now,
+                )
+            )
+            .values(lease_owner=owner, lease_until=until)
+        )
+        with self.session() as session:
+            result = session.execute(statement)
+            session.commit()
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def release_lease(self, request_id: int, owner: str) -> None:
+        statement = (
+            update(AccessRequest)
+            .where(col(AccessRequest.id) == request_id)
+            .where(col(AccessRequest.lease_owner) == owner)
+            .values(lease_owner=None, lease_until=None)
+        )
+        with self.session() as session:
+            session.execute(statement)
+            session.commit()
+
+    def first_sighting(self, signature: str, now: datetime) -> bool:
+        """Record a request signature; False if it was recorded before (a replay)."""
+        with self.session() as session:
+            session.add(SeenSignature(signature=signature[:80], seen_at=now))
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                return False
+        return True
+
+    def forget_signatures(self, before: datetime) -> None:
+        statement = delete(SeenSignature).where(col(SeenSignature.seen_at) < before)
+        with self.session() as session:
+            session.execute(statement)
+            session.commit()
 
     def update_request(self, request_id: int, **values: Any) -> None:
         statement = (

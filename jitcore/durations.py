@@ -7,18 +7,22 @@ from datetime import timedelta
 
 _PART = re.compile(r"(\d+)([dhms])")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+MAX_SECONDS = 366 * 86400
 
 
 def parse_duration(text: str) -> timedelta:
     """Parse ``1h30m``-style text; raise ValueError naming the accepted forms."""
     value = text.strip().lower()
-    if not value or _PART.sub("", value) != "" or len(value) > 20:
+    if not value.isascii() or not value or _PART.sub("", value) != "" or len(value) > 20:
+        shown = text if len(text) <= 20 else text[:19] + "…"
         raise ValueError(
-            f"`{text}` is not a duration; use a number with a unit, like 90m, 2h or 1h30m"
+            f"`{shown}` is not a duration; use a number with a unit, like 90m, 2h or 1h30m"
         )
     seconds = sum(int(amount) * _UNITS[unit] for amount, unit in _PART.findall(value))
     if seconds <= 0:
         raise ValueError(f"`{text}` is not a duration longer than zero")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"`{text}` is longer than any policy allows (at most 24h)")
     return timedelta(seconds=seconds)
 
 

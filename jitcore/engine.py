@@ -13,9 +13,13 @@ at any point therefore leaves a row saying what may be half done, which
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,11 +28,35 @@ from typing import Any, Protocol
 
 from sqlmodel import col, select
 
+from jitcore.azure.firewall import (
+    DnatRule,
+    FirewallGateway,
+    FirewallInfo,
+    dnat_description,
+    dnat_rule_name,
+    policy_managed_message,
+)
 from jitcore.azure.inventory import VmNetwork
 from jitcore.db import Store
-from jitcore.errors import CloudError, JitError, NotAuthorized, PlacementError, StateConflict
-from jitcore.model import AccessRequest, Grant, GrantState, RequestStatus, utcnow
+from jitcore.errors import (
+    CloudError,
+    JitError,
+    NotAuthorized,
+    PlacementError,
+    RequestRejected,
+    StateConflict,
+)
+from jitcore.model import (
+    AccessRequest,
+    AuditEvent,
+    Grant,
+    GrantState,
+    Notification,
+    RequestStatus,
+    utcnow,
+)
 from jitcore.notify import Notifier, RestoreReport
+from jitcore.observe import NULL_OBSERVER, Observer, counts_rejections
 from jitcore.planner import (
     ALLOW_PREFIX,
     AllowSpec,
@@ -42,6 +70,8 @@ from jitcore.policy import CheckedRequest, Policy, check_request, find_policy
 log = logging.getLogger(__name__)
 
 SYSTEM_ACTOR = "jitbot"
+NOTIFY_CLAIM_SECONDS = 60.0
+MAX_NOTIFY_ATTEMPTS = 20
 EXPIRY_EARLY_TOLERANCE = 2.0
 """Seconds an expiry job may fire before the end; it then waits rather than skipping."""
 LIVE_STATUSES = (RequestStatus.OPENING, RequestStatus.ACTIVE, RequestStatus.CLOSING)
@@ -76,6 +106,8 @@ class PolicySet:
 
 
 class Engine:
+    observer: Observer = NULL_OBSERVER
+
     def __init__(
         self,
         store: Store,
@@ -85,6 +117,9 @@ class Engine:
         on_active: Callable[[AccessRequest], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
         pending_timeout: timedelta = timedelta(hours=1),
+        lease_seconds: float = 300.0,
+        firewalls: FirewallGateway | None = None,
+        max_pending_per_requester: int = 5,
     ) -> None:
         self.store = store
         self.policies = policies
@@ -93,6 +128,10 @@ class Engine:
         self.on_active = on_active
         self.clock = clock
         self.pending_timeout = pending_timeout
+        self.lease_seconds = lease_seconds
+        self.firewalls = firewalls
+        self.max_pending_per_requester = max_pending_per_requester
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._busy: set[int] = set()
         self._busy_guard = threading.Lock()
 
@@ -102,6 +141,7 @@ class Engine:
         """Validate a request against the policy without recording anything."""
         return check_request(self.policies.policies, vm, ports, duration, source)
 
+    @counts_rejections
     def submit(
         self,
         team_id: str,
@@ -115,6 +155,12 @@ class Engine:
         """Record a new pending request; raises RequestRejected (and records nothing) if the
         policy does not allow it."""
         checked = self.check(vm, ports, duration, source)
+        waiting = self.requests_of(requester_id, (RequestStatus.PENDING,))
+        if len(waiting) >= self.max_pending_per_requester:
+            raise RequestRejected(
+                f"you already have {len(waiting)} requests waiting for a decision (at most "
+                f"{self.max_pending_per_requester}); wait for them or ask an approver"
+            )
         request = AccessRequest(
             team_id=team_id,
             requester_id=requester_id,
@@ -132,31 +178,91 @@ class Engine:
         )
         with self.store.session() as session:
             session.add(request)
+            session.flush()
+            assert request.id is not None
+            session.add(
+                AuditEvent(
+                    at=self.clock(),
+                    request_id=request.id,
+                    actor=requester_id,
+                    action="requested",
+                    detail={
+                        "vm": request.vm_name,
+                        "ports": request.ports,
+                        "source": request.source_prefix,
+                        "duration_seconds": request.duration_seconds,
+                        "reason": reason,
+                        "policy": f"{request.policy_name}@{request.policy_version}",
+                    },
+                )
+            )
+            session.add(self.store.notification(request.id, "request_submitted", {}))
             session.commit()
             session.refresh(request)
-        assert request.id is not None
-        self.store.audit(
-            "requested",
-            requester_id,
-            request.id,
-            vm=request.vm_name,
-            ports=request.ports,
-            source=request.source_prefix,
-            duration_seconds=request.duration_seconds,
-            reason=reason,
-            policy=f"{request.policy_name}@{request.policy_version}",
-        )
         log.info("request %s submitted by %s for %s", request.id, requester_id, request.vm_name)
+        self.observer.request_event("submitted", request)
         return request
 
-    def announce(self, request_id: int) -> None:
-        """Post the request to its approvers and remember where, for later updates."""
-        request = self._require(request_id)
-        posted = self._notify("request_submitted", request)
-        if posted is not None:
-            self.store.update_request(
-                request_id, approval_channel=posted.channel, approval_ts=posted.ts
-            )
+    def deliver(self, request_id: int | None = None) -> None:
+        """Deliver queued notifications (of one request, or all), oldest first.
+
+        Each is claimed before it is sent, so of several workers one sends it; a failed
+        one is tried again by the sweep, and later news of the same request waits for it,
+        so people read events in the order they happened. Delivery is at least once: a
+        crash between sending and recording the send repeats that one message.
+        """
+        stuck: set[int] = set()
+        for note in self.store.pending_notifications(request_id):
+            if note.request_id in stuck:
+                continue
+            now = self.clock()
+            claim_until = now + timedelta(seconds=min(NOTIFY_CLAIM_SECONDS, self.lease_seconds))
+            assert note.id is not None
+            if not self.store.claim_notification(note.id, self.worker_id, now, claim_until):
+                stuck.add(note.request_id)
+                continue
+            try:
+                self._send(note)
+            except Exception as exc:
+                stuck.add(note.request_id)
+                give_up = note.attempts + 1 >= MAX_NOTIFY_ATTEMPTS
+                self.store.finish_notification(
+                    note.id, self.clock(), error=type(exc).__name__, give_up=give_up
+                )
+                log.warning(
+                    "notifying %s for request %s failed (%s); %s",
+                    note.event,
+                    note.request_id,
+                    type(exc).__name__,
+                    "giving up" if give_up else "the sweep retries",
+                )
+                self.store.audit(
+                    "notify_failed",
+                    SYSTEM_ACTOR,
+                    note.request_id,
+                    event=note.event,
+                    error=type(exc).__name__,
+                    gave_up=give_up,
+                )
+                continue
+            self.store.finish_notification(note.id, self.clock())
+
+    def _send(self, note: Notification) -> None:
+        request = self._require(note.request_id)
+        if note.event == "request_submitted":
+            posted = self.notifier.request_submitted(request)
+            if posted is not None:
+                self.store.update_request(
+                    request.id, approval_channel=posted.channel, approval_ts=posted.ts
+                )
+        elif note.event == "request_granted":
+            self.notifier.request_granted(request, self.grants_of(note.request_id))
+        elif note.event == "request_failed":
+            self.notifier.request_failed(request, str(note.args.get("reason", "")))
+        elif note.event == "request_closed":
+            self.notifier.request_closed(request, RestoreReport.from_json(note.args))
+        else:
+            getattr(self.notifier, note.event)(request)
 
     def approvers_of(self, request: AccessRequest) -> list[str]:
         policy = self.policies.by_name(request.policy_name)
@@ -184,6 +290,8 @@ class Engine:
             request_id,
             (RequestStatus.PENDING,),
             RequestStatus.APPROVED,
+            notify=("request_approved", {}),
+            audit=("approved", approver_id, {}),
             decided_at=self.clock(),
             decided_by=approver_id,
         )
@@ -197,10 +305,10 @@ class Engine:
                 current.status,
                 current.decided_by,
             )
-        self.store.audit("approved", approver_id, request_id)
         log.info("request %s approved by %s", request_id, approver_id)
         approved = self._require(request_id)
-        self._notify("request_approved", approved)
+        self.observer.request_event("approved", approved)
+        self.deliver(request_id)
         self.open(request_id)
         return self._require(request_id)
 
@@ -215,6 +323,8 @@ class Engine:
             request_id,
             (RequestStatus.PENDING,),
             RequestStatus.DENIED,
+            notify=("request_denied", {}),
+            audit=("denied", approver_id, {"note": note}),
             decided_at=self.clock(),
             decided_by=approver_id,
             decision_note=note or None,
@@ -229,10 +339,10 @@ class Engine:
                 current.status,
                 current.decided_by,
             )
-        self.store.audit("denied", approver_id, request_id, note=note)
         log.info("request %s denied by %s", request_id, approver_id)
+        self.deliver(request_id)
         denied = self._require(request_id)
-        self._notify("request_denied", denied)
+        self.observer.request_event("denied", denied)
         return denied
 
     # -- opening -----------------------------------------------------------------------
@@ -256,8 +366,13 @@ class Engine:
                         f"{request.vm_name} has no network security group on its NICs or "
                         "subnets, so JIT cannot protect or open it"
                     )
+                policy = self.policies.by_name(request.policy_name)
+                firewall = self._firewall_in_front(policy)
+                nsg_source = f"{firewall.private_ip}/32" if firewall else request.source_prefix
                 for nsg_id in network.nsg_ids:
-                    self._open_in_nsg(request, network, nsg_id)
+                    self._open_in_nsg(request, network, nsg_id, nsg_source)
+                if firewall is not None and policy is not None:
+                    self._open_in_firewall(request, network, firewall, policy)
             except JitError as exc:
                 self._fail(request, exc.message)
                 return
@@ -267,12 +382,68 @@ class Engine:
                 return
             self._activate(request_id)
 
-    def _open_in_nsg(self, request: AccessRequest, network: VmNetwork, nsg_id: str) -> None:
+    def _firewall_in_front(self, policy: Policy | None) -> FirewallInfo | None:
+        """The classic Azure Firewall the policy routes access through, if any."""
+        if policy is None or not policy.firewall:
+            return None
+        if self.firewalls is None:
+            raise PlacementError(f"policy {policy.name} names a firewall, but none is configured")
+        info = self.firewalls.describe(policy.firewall)
+        if info.policy_managed:
+            raise PlacementError(policy_managed_message(info.name, policy.firewall))
+        if not info.private_ip or not info.public_ips:
+            raise PlacementError(f"the firewall {info.name} has no private or public address")
+        return info
+
+    def _open_in_firewall(
+        self, request: AccessRequest, network: VmNetwork, firewall: FirewallInfo, policy: Policy
+    ) -> None:
+        """A DNAT rule per port: the requester's source to the firewall's public address,
+        translated to the VM. Recorded before it is written, like NSG rules."""
+        assert request.id is not None and request.ends_at is not None and self.firewalls
+        for port in request.port_list:
+            public_port = policy.firewall_ports.get(port, port)
+            rule = DnatRule(
+                name=dnat_rule_name(request.id, public_port),
+                source_prefix=request.source_prefix,
+                public_ip=firewall.public_ips[0],
+                public_port=public_port,
+                private_ip=network.primary_private_ip,
+                private_port=port,
+                protocol="TCP" if request.protocol in ("Tcp", "*") else "UDP",
+                description=dnat_description(request.id, request.ends_at, request.vm_name),
+            )
+            grant = self._record_intent(
+                request.id, firewall.id, rule.name, 0, rule.to_arm(), [], kind="dnat"
+            )
+            self.firewalls.add_dnat(firewall.id, rule)
+            self._set_grant(grant, GrantState.PRESENT)
+            self.store.audit(
+                "rule_created",
+                SYSTEM_ACTOR,
+                request.id,
+                firewall=firewall.id,
+                rule=rule.name,
+                public_port=public_port,
+            )
+            log.info("request %s: DNAT %s created in %s", request.id, rule.name, firewall.name)
+
+    def _open_in_nsg(
+        self, request: AccessRequest, network: VmNetwork, nsg_id: str, source_prefix: str
+    ) -> None:
         assert request.id is not None and request.ends_at is not None
+        source_version = ipaddress.ip_network(request.source_prefix).version
+        destination_version = ipaddress.ip_address(network.primary_private_ip).version
+        if source_version != destination_version:
+            raise PlacementError(
+                f"the source {request.source_prefix} is IPv{source_version} but "
+                f"{request.vm_name} has an IPv{destination_version} address; ask again from "
+                f"an IPv{destination_version} address"
+            )
         spec = AllowSpec(
             request_id=request.id,
             vm_name=request.vm_name,
-            source_prefix=request.source_prefix,
+            source_prefix=source_prefix,
             destination=network.primary_private_ip,
             ports=tuple(request.port_list),
             protocol=request.protocol,
@@ -285,7 +456,9 @@ class Engine:
             for attempt in range(1, attempts + 1):
                 baseline = self.cloud.custom_rules(nsg_id)
                 rule = plan_allow([Rule.from_arm(r) for r in baseline], spec)
-                grant = self._record_intent(request.id, nsg_id, rule, baseline)
+                grant = self._record_intent(
+                    request.id, nsg_id, rule.name, rule.priority, rule.to_arm_properties(), baseline
+                )
                 try:
                     self.cloud.create_rule(nsg_id, rule.name, rule.to_arm_properties())
                 except CloudError as exc:
@@ -393,6 +566,25 @@ class Engine:
                     return grant
         return None
 
+    def _firewall_leftovers(self, request_id: int) -> list[str]:
+        """DNAT rules of this request that are somehow still on their firewall."""
+        dnat = [g for g in self.grants_of(request_id) if g.kind == "dnat"]
+        if not dnat or self.firewalls is None:
+            return []
+        leftovers = []
+        for firewall_id in {g.nsg_id for g in dnat}:
+            try:
+                present = {r.get("name") for r in self.firewalls.dnat_rules(firewall_id)}
+            except CloudError as exc:
+                leftovers.append(f"{_short(firewall_id)}: could not re-read ({exc.code})")
+                continue
+            leftovers.extend(
+                f"{_short(firewall_id)}: {g.rule_name} is still present"
+                for g in dnat
+                if g.rule_name in present
+            )
+        return leftovers
+
     def _shared(self, rule: dict[str, Any]) -> bool:
         """Whether a rule of ours is still needed by a live grant of another request."""
         with self.store.session() as session:
@@ -424,27 +616,42 @@ class Engine:
             return any(g.nsg_id.lower() == grant.nsg_id.lower() for g in session.exec(query))
 
     def _record_intent(
-        self, request_id: int, nsg_id: str, rule: Rule, baseline: list[dict[str, Any]]
+        self,
+        request_id: int,
+        resource_id: str,
+        name: str,
+        priority: int,
+        body: dict[str, Any],
+        baseline: list[dict[str, Any]],
+        kind: str = "nsg",
     ) -> Grant:
+        """Store the rule about to be written (and its audit line) before writing it."""
         now = self.clock()
         grant = Grant(
             request_id=request_id,
-            nsg_id=nsg_id,
-            rule_name=rule.name,
-            priority=rule.priority,
+            nsg_id=resource_id,
+            rule_name=name,
+            priority=priority,
+            kind=kind,
             state=GrantState.CREATING,
-            rule=rule.to_arm_properties(),
+            rule=body,
             baseline=baseline,
             created_at=now,
             updated_at=now,
         )
         with self.store.session() as session:
             session.add(grant)
+            session.add(
+                AuditEvent(
+                    at=now,
+                    request_id=request_id,
+                    actor=SYSTEM_ACTOR,
+                    action="rule_intended",
+                    detail={"resource": resource_id, "rule": name, "change": "create"},
+                )
+            )
             session.commit()
             session.refresh(grant)
-        self.store.audit(
-            "rule_intended", SYSTEM_ACTOR, request_id, nsg=nsg_id, rule=rule.name, change="create"
-        )
         return grant
 
     def _settle_failed_create(self, grant: Grant, error: CloudError) -> None:
@@ -466,21 +673,23 @@ class Engine:
         )
 
     def _activate(self, request_id: int) -> None:
+        current = self._require(request_id)
+        assert current.ends_at is not None
         if not self.store.transition(
-            request_id, (RequestStatus.OPENING,), RequestStatus.ACTIVE, opened_at=self.clock()
+            request_id,
+            (RequestStatus.OPENING,),
+            RequestStatus.ACTIVE,
+            notify=("request_granted", {}),
+            audit=("opened", SYSTEM_ACTOR, {"ends_at": current.ends_at.isoformat()}),
+            opened_at=self.clock(),
         ):
             return
         request = self._require(request_id)
-        self.store.audit(
-            "opened",
-            SYSTEM_ACTOR,
-            request_id,
-            ends_at=request.ends_at.isoformat(),  # type: ignore[union-attr]
-        )
         log.info("request %s active until %s", request_id, request.ends_at)
+        self.observer.request_event("opened", request)
         if self.on_active is not None:
             self.on_active(request)
-        self._notify("request_granted", request, self.grants_of(request_id))
+        self.deliver(request_id)
 
     def _fail(self, request: AccessRequest, reason: str) -> None:
         """Undo whatever was created for a request that could not be opened, then mark it."""
@@ -492,10 +701,12 @@ class Engine:
             request.id,
             (RequestStatus.OPENING, RequestStatus.APPROVED),
             RequestStatus.FAILED,
+            notify=("request_failed", {"reason": reason}),
             failure_reason=reason,
             closed_at=self.clock() if not remaining else None,
         )
-        self._notify("request_failed", self._require(request.id), reason)
+        self.observer.request_event("failed", request)
+        self.deliver(request.id)
 
     # -- closing -----------------------------------------------------------------------
 
@@ -519,13 +730,15 @@ class Engine:
             if not mine:
                 return False
             moved = self.store.transition(
-                request_id, (RequestStatus.ACTIVE,), RequestStatus.CLOSING, end_reason=reason
+                request_id,
+                (RequestStatus.ACTIVE,),
+                RequestStatus.CLOSING,
+                audit=("closing", actor, {"reason": reason}),
+                end_reason=reason,
             )
             request = self._require(request_id)
             if not moved and request.status != RequestStatus.CLOSING:
                 return False
-            if moved:
-                self.store.audit("closing", actor, request_id, reason=reason)
             final = RequestStatus.REVOKED if request.end_reason == "revoked" else final
             remaining = self._remove_rules(request_id)
             if remaining:
@@ -536,20 +749,19 @@ class Engine:
                 )
                 return False
             report = self._restore_report(request_id)
+            detail = {"reason": request.end_reason, **report.to_json()}
             if not self.store.transition(
-                request_id, (RequestStatus.CLOSING,), final, closed_at=self.clock()
+                request_id,
+                (RequestStatus.CLOSING,),
+                final,
+                notify=("request_closed", report.to_json()),
+                audit=("closed", SYSTEM_ACTOR, detail),
+                closed_at=self.clock(),
             ):
                 return False
-            self.store.audit(
-                "closed",
-                SYSTEM_ACTOR,
-                request_id,
-                reason=request.end_reason,
-                restored=report.restored,
-                changes_by_others=list(report.changes_by_others),
-            )
             log.info("request %s %s; rules restored=%s", request_id, final, report.restored)
-            self._notify("request_closed", self._require(request_id), report)
+            self.observer.request_event(final, request)
+            self.deliver(request_id)
             return True
 
     def _remove_rules(self, request_id: int) -> int:
@@ -574,6 +786,9 @@ class Engine:
         return remaining
 
     def _remove_rule(self, grant: Grant) -> None:
+        if grant.kind == "dnat":
+            self._remove_dnat(grant)
+            return
         with self.cloud.lock_for(grant.nsg_id):
             if self._still_needed(grant):
                 self._set_grant(grant, GrantState.REMOVED)
@@ -621,6 +836,28 @@ class Engine:
                 grant.nsg_id,
             )
 
+    def _remove_dnat(self, grant: Grant) -> None:
+        if self.firewalls is None:
+            raise CloudError(f"no firewall is configured to remove {grant.rule_name} from")
+        self._set_grant(grant, GrantState.REMOVING)
+        self.store.audit(
+            "rule_intended",
+            SYSTEM_ACTOR,
+            grant.request_id,
+            resource=grant.nsg_id,
+            rule=grant.rule_name,
+            change="delete",
+        )
+        removed = self.firewalls.remove_dnat(grant.nsg_id, grant.rule_name)
+        self._set_grant(grant, GrantState.REMOVED)
+        self.store.audit(
+            "rule_removed" if removed else "rule_already_gone",
+            SYSTEM_ACTOR,
+            grant.request_id,
+            firewall=grant.nsg_id,
+            rule=grant.rule_name,
+        )
+
     def _restore_report(self, request_id: int) -> RestoreReport:
         """Compare each NSG with its snapshot from before the request's first rule.
 
@@ -628,11 +865,11 @@ class Engine:
         out of the comparison; this request's own rules must be gone, unless another live
         grant still shares them.
         """
-        grants = self.grants_of(request_id)
+        grants = [g for g in self.grants_of(request_id) if g.kind == "nsg"]
+        changes: list[str] = self._firewall_leftovers(request_id)
         first_by_nsg: dict[str, Grant] = {}
         for grant in grants:
             first_by_nsg.setdefault(grant.nsg_id.lower(), grant)
-        changes: list[str] = []
         for grant in first_by_nsg.values():
             try:
                 now = self.cloud.custom_rules(grant.nsg_id)
@@ -654,12 +891,18 @@ class Engine:
     # -- the sweep and recovery --------------------------------------------------------
 
     def sweep(self) -> None:
-        """Catch up on everything due: ends passed, closings unfinished, pendings too old.
+        """Catch up on everything due: opens never started or interrupted, ends passed,
+        closings unfinished, pendings too old.
 
         The scheduler fires each expiry at its time; the sweep is the safety net for a
-        job lost to a restart or a failure.
+        job lost to a restart or a failure. It also delivers notifications that could not
+        be sent before.
         """
         now = self.clock()
+        for request in self.store.requests_with_status((RequestStatus.APPROVED,)):
+            self._guarded(self.open, request.id)
+        for request in self.store.requests_with_status((RequestStatus.OPENING,)):
+            self._guarded(self._undo_interrupted_open, request.id)
         for request in self.store.requests_with_status((RequestStatus.ACTIVE,), ends_before=now):
             self._guarded(self.expire, request.id)
         for request in self.store.requests_with_status((RequestStatus.CLOSING,)):
@@ -667,21 +910,24 @@ class Engine:
         for request in self.store.requests_with_status((RequestStatus.PENDING,)):
             if request.created_at and request.created_at + self.pending_timeout <= now:
                 self._guarded(self._expire_pending, request.id)
+        try:
+            self.deliver()
+        except Exception:
+            log.exception("sweep: delivering notifications failed; retrying next sweep")
+        try:
+            self.store.forget_signatures(now - timedelta(minutes=10))
+        except Exception:
+            log.exception("sweep: forgetting old request signatures failed")
 
     def recover(self) -> None:
-        """At start: finish or undo what a previous process left half done."""
-        for request in self.store.requests_with_status((RequestStatus.APPROVED,)):
-            log.info("request %s was approved but not opened; opening now", request.id)
-            self._guarded(self.open, request.id)
-        for request in self.store.requests_with_status((RequestStatus.OPENING,)):
-            assert request.id is not None
-            log.warning("request %s was interrupted while opening; undoing it", request.id)
-            self._guarded(self._undo_interrupted_open, request.id)
+        """At start: finish or undo what a previous process left half done (the sweep does
+        it; a request still leased by a live replica is left to that replica)."""
         self.sweep()
 
     def _undo_interrupted_open(self, request_id: int) -> None:
         with self._exclusive(request_id) as mine:
-            if mine:
+            if mine and self._require(request_id).status == RequestStatus.OPENING:
+                log.warning("request %s was interrupted while opening; undoing it", request_id)
                 self._fail(
                     self._require(request_id),
                     "jitbot restarted while opening access; nothing was left open, ask again",
@@ -694,10 +940,15 @@ class Engine:
 
     def _expire_pending(self, request_id: int) -> None:
         if self.store.transition(
-            request_id, (RequestStatus.PENDING,), RequestStatus.EXPIRED, closed_at=self.clock()
+            request_id,
+            (RequestStatus.PENDING,),
+            RequestStatus.EXPIRED,
+            notify=("request_expired_unapproved", {}),
+            audit=("expired_unapproved", SYSTEM_ACTOR, {}),
+            closed_at=self.clock(),
         ):
-            self.store.audit("expired_unapproved", SYSTEM_ACTOR, request_id)
-            self._notify("request_expired_unapproved", self._require(request_id))
+            self.observer.request_event("expired", self._require(request_id))
+            self.deliver(request_id)
 
     def _guarded(self, action: Callable[[int], Any], request_id: int | None) -> None:
         assert request_id is not None
@@ -746,30 +997,29 @@ class Engine:
 
     @contextmanager
     def _exclusive(self, request_id: int) -> Iterator[bool]:
-        """Let one thread of this process work on a request at a time; others skip it."""
+        """Let one worker work on a request at a time, across threads and replicas.
+
+        Within the process a set of busy ids answers at once; across processes a lease in
+        the request's row does, expiring after ``lease_seconds`` if its holder dies.
+        """
         with self._busy_guard:
             mine = request_id not in self._busy
             if mine:
                 self._busy.add(request_id)
+        leased = False
         try:
-            yield mine
+            if mine:
+                now = self.clock()
+                leased = self.store.take_lease(
+                    request_id, self.worker_id, now, now + timedelta(seconds=self.lease_seconds)
+                )
+            yield mine and leased
         finally:
+            if leased:
+                self.store.release_lease(request_id, self.worker_id)
             if mine:
                 with self._busy_guard:
                     self._busy.discard(request_id)
-
-    def _notify(self, event: str, *args: Any) -> Any:
-        """Call the notifier; a chat failure is logged and audited, never allowed to break
-        the cloud side."""
-        try:
-            return getattr(self.notifier, event)(*args)
-        except Exception as exc:
-            request = args[0]
-            log.exception("notifying %s for request %s failed", event, request.id)
-            self.store.audit(
-                "notify_failed", SYSTEM_ACTOR, request.id, event=event, error=type(exc).__name__
-            )
-            return None
 
 
 def _is_allow_rule(rule: dict[str, Any]) -> bool:

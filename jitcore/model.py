@@ -114,6 +114,8 @@ class AccessRequest(SQLModel, table=True):
     approval_ts: str | None = None
     failure_reason: str | None = None
     end_reason: str | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = _utc_column()
 
     @property
     def port_list(self) -> list[int]:
@@ -121,7 +123,9 @@ class AccessRequest(SQLModel, table=True):
 
 
 class Grant(SQLModel, table=True):
-    """One rule jitbot owns in one NSG, for one request.
+    """One rule jitbot owns, for one request: a security rule in an NSG (``kind`` "nsg",
+    ``nsg_id`` the NSG) or a DNAT rule on an Azure Firewall (``kind`` "dnat", ``nsg_id`` the
+    firewall).
 
     ``rule`` is the rule body jitbot writes; ``baseline`` is the NSG's custom rules as
     they were just before the rule was added, used to prove the restore at the end.
@@ -134,6 +138,7 @@ class Grant(SQLModel, table=True):
     nsg_id: str
     rule_name: str
     priority: int
+    kind: str = "nsg"
     state: str = Field(default=GrantState.CREATING, index=True)
     rule: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     baseline: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
@@ -170,3 +175,57 @@ class Protection(SQLModel, table=True):
     rule: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime | None = _utc_column(nullable=False)
     updated_at: datetime | None = _utc_column(nullable=False)
+
+
+class Notification(SQLModel, table=True):
+    """An event to tell people about, stored in the same transaction as the state change
+    it reports, and delivered from here (at least once) even if the process dies first."""
+
+    __tablename__ = "notification"
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: int = Field(index=True)
+    event: str
+    args: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime | None = _utc_column(nullable=False)
+    sent_at: datetime | None = _utc_column(index=True)
+    claimed_by: str | None = None
+    claimed_until: datetime | None = _utc_column()
+    attempts: int = 0
+    last_error: str | None = None
+
+
+class PrincipalMapping(SQLModel, table=True):
+    """An admin's word on who a Slack user is in Entra ID (``/jit admin map``).
+
+    ``target`` is what the admin typed, a userPrincipalName or an object id; it is looked
+    up again whenever the cached ``Principal`` runs out.
+    """
+
+    __tablename__ = "principal_mapping"
+
+    slack_user_id: str = Field(primary_key=True)
+    target: str
+    set_by: str
+    set_at: datetime | None = _utc_column(nullable=False)
+
+
+class Principal(SQLModel, table=True):
+    """The Entra ID user a Slack user was last resolved to, how, and when (a cache)."""
+
+    __tablename__ = "principal"
+
+    slack_user_id: str = Field(primary_key=True)
+    object_id: str = Field(index=True)
+    upn: str
+    source: str  # "admin" | "policy" | "email"
+    resolved_at: datetime | None = _utc_column(nullable=False)
+
+
+class SeenSignature(SQLModel, table=True):
+    """Signatures of Slack requests already handled, kept for the 5-minute replay window."""
+
+    __tablename__ = "seen_signature"
+
+    signature: str = Field(primary_key=True, max_length=80)
+    seen_at: datetime | None = _utc_column(nullable=False, index=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from jitcore.model import AccessRequest, Grant
 
@@ -20,6 +20,21 @@ class RestoreReport:
     restored: bool
     nsgs: tuple[str, ...] = ()
     changes_by_others: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "restored": self.restored,
+            "nsgs": list(self.nsgs),
+            "changes_by_others": list(self.changes_by_others),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RestoreReport:
+        return cls(
+            restored=bool(data.get("restored", False)),
+            nsgs=tuple(data.get("nsgs", ())),
+            changes_by_others=tuple(data.get("changes_by_others", ())),
+        )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ checked against.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,11 +26,21 @@ from jitcore.errors import (
     PortNotAllowed,
     UnknownVm,
 )
-from jitcore.sources import canonical_source
+from jitcore.sources import (
+    DEFAULT_WIDEST_V4,
+    DEFAULT_WIDEST_V6,
+    canonical_source,
+    check_width,
+    is_private,
+)
 
 DEFENDER_MIN_DURATION = timedelta(minutes=5)
 DEFENDER_MAX_DURATION = timedelta(hours=24)
 DEFAULT_MAX_DURATION = timedelta(hours=3)
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+_PRINCIPAL_TARGET = re.compile(
+    r"[^@\s]+@[^@\s]+\.[^@\s]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 
 class PolicyError(JitError):
@@ -74,9 +85,17 @@ class Policy(BaseModel):
     ports: list[PortRule] = Field(min_length=1)
     min_duration: timedelta = DEFENDER_MIN_DURATION
     allowed_sources: list[str] = Field(default_factory=list)
+    widest_source_v4: int = Field(default=DEFAULT_WIDEST_V4, ge=1, le=32)
+    widest_source_v6: int = Field(default=DEFAULT_WIDEST_V6, ge=1, le=128)
+    allow_private_sources: bool = True
     approvers: list[str] = Field(min_length=1)
     approval_channel: str = Field(min_length=1)
     enforcement: Literal["nsg"] = "nsg"
+    firewall: str | None = None
+    """Resource id of a classic Azure Firewall in front of the VMs: access is then a DNAT
+    rule on it plus NSG allows from the firewall's private address."""
+    firewall_ports: dict[int, int] = Field(default_factory=dict)
+    """VM port -> public port on the firewall (default: the same port)."""
 
     @field_validator("min_duration", mode="before")
     @classmethod
@@ -126,6 +145,20 @@ class PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     policies: list[Policy] = Field(min_length=1)
+    principals: dict[str, str] = Field(default_factory=dict)
+    """Slack user id -> Entra ID userPrincipalName or object id (see ``principal_mappings``)."""
+
+    @field_validator("principals")
+    @classmethod
+    def _mappings(cls, value: dict[str, str]) -> dict[str, str]:
+        for user_id, target in value.items():
+            if not _SLACK_USER_ID.fullmatch(user_id):
+                raise ValueError(f"{user_id!r} is not a Slack user id (like U0123ABCD)")
+            if not _PRINCIPAL_TARGET.fullmatch(target.strip()):
+                raise ValueError(
+                    f"{user_id}: {target!r} is neither a userPrincipalName nor an object id"
+                )
+        return {user_id: target.strip() for user_id, target in value.items()}
 
     @model_validator(mode="after")
     def _unique_names(self) -> PolicyFile:
@@ -140,20 +173,42 @@ def parse_policies(data: Any, origin: str = "policy file") -> list[Policy]:
     try:
         return PolicyFile.model_validate(data).policies
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(part) for part in err["loc"]) or "(top level)"
-            problems.append(f"{where}: {err['msg']}")
-        raise PolicyError(f"{origin} is invalid: " + "; ".join(problems)) from None
+        raise _policy_error(exc, origin) from None
+
+
+def _policy_error(exc: ValidationError, origin: str) -> PolicyError:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        problems.append(f"{where}: {err['msg']}")
+    return PolicyError(f"{origin} is invalid: " + "; ".join(problems))
 
 
 def load_policy_file(path: str | Path) -> list[Policy]:
-    file = Path(path)
+    return parse_policies(_read_yaml(Path(path)), origin=f"policy file {path}")
+
+
+def _read_yaml(file: Path) -> Any:
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        return yaml.safe_load(file.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise PolicyError(f"cannot read policy file {file}: {exc}") from None
-    return parse_policies(data, origin=f"policy file {file}")
+
+
+def principal_mappings(data: Any, origin: str = "policy file") -> dict[str, str]:
+    """The optional top-level ``principals`` map: Slack user id -> Entra ID user.
+
+    Values are a userPrincipalName or an object id, as for ``/jit admin map``. The whole
+    file is validated, so a mapping is never taken from a file whose policies are broken.
+    """
+    try:
+        return PolicyFile.model_validate(data).principals
+    except ValidationError as exc:
+        raise _policy_error(exc, origin) from None
+
+
+def load_principal_mappings(path: str | Path) -> dict[str, str]:
+    return principal_mappings(_read_yaml(Path(path)), origin=f"policy file {path}")
 
 
 @dataclass(frozen=True)
@@ -201,6 +256,11 @@ def check_request(
         )
 
     prefix = canonical_source(source)
+    check_width(prefix, policy.widest_source_v4, policy.widest_source_v6)
+    if not policy.allow_private_sources and is_private(prefix):
+        raise InvalidSource(
+            prefix, "this policy does not allow private or shared (CGNAT) addresses as sources"
+        )
     if policy.allowed_sources and not _within(prefix, policy.allowed_sources):
         raise InvalidSource(
             prefix,

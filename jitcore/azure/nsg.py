@@ -25,6 +25,7 @@ from jitcore.azure.clients import (
 )
 from jitcore.azure.clients import parse_resource_id as _parts
 from jitcore.errors import CloudError
+from jitcore.observe import NULL_OBSERVER, Observer
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ RETRYABLE_STATUS = frozenset({409, 429, 500, 502, 503, 504})
 
 class NsgGateway:
     """The NSG operations the engine needs, against one subscription."""
+
+    observer: Observer = NULL_OBSERVER
 
     def __init__(
         self,
@@ -148,6 +151,7 @@ class NsgGateway:
                     attempt,
                     delay,
                 )
+                self.observer.arm_retry(exc.status_code, code)
                 self._sleep(delay)
         raise CloudError(f"gave up trying to {doing}")  # pragma: no cover
 

@@ -8,7 +8,11 @@ Two kinds:
   matching call at once with that ARM error;
 - an operation fault (``fail_on_poll`` and/or ``delay_seconds``) lets the matching write start
   normally and changes its long-running operation: it later reports ``Failed``, or stays
-  ``InProgress`` for at least ``delay_seconds``.
+  ``InProgress`` for at least ``delay_seconds``;
+- a timing fault holds the matching call: ``stall_seconds`` before it is handled (the
+  change is not made yet), ``reply_delay_seconds`` after it was handled and before the
+  answer is sent (the change is made, the caller does not know yet). Crash tests kill the
+  client inside these windows.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ FAULT_FIELDS = {
     "times",
     "fail_on_poll",
     "delay_seconds",
+    "stall_seconds",
+    "reply_delay_seconds",
 }
 
 
@@ -62,11 +68,23 @@ class Fault:
     times: int | None = None
     fail_on_poll: bool = False
     delay_seconds: float | None = None
+    stall_seconds: float | None = None
+    reply_delay_seconds: float | None = None
     hits: int = 0
 
     @property
     def is_error(self) -> bool:
         return self.status is not None
+
+    @property
+    def is_timing(self) -> bool:
+        return not self.is_error and (
+            self.stall_seconds is not None or self.reply_delay_seconds is not None
+        )
+
+    @property
+    def kind(self) -> str:
+        return "error" if self.is_error else "timing" if self.is_timing else "operation"
 
     def matches(self, method: str, path: str) -> bool:
         if self.method and self.method.upper() != method.upper():
@@ -100,8 +118,11 @@ def parse_fault(spec: Mapping[str, Any], fault_id: int) -> Fault:
     if unknown:
         raise ValueError(f"unknown fault fields {sorted(unknown)}; known: {sorted(FAULT_FIELDS)}")
     fault = Fault(id=fault_id, **_coerced(spec))
-    if fault.status is None and not fault.fail_on_poll and fault.delay_seconds is None:
-        raise ValueError("a fault needs 'status', 'fail_on_poll' or 'delay_seconds'")
+    if fault.kind == "operation" and not fault.fail_on_poll and fault.delay_seconds is None:
+        raise ValueError(
+            "a fault needs 'status', 'fail_on_poll', 'delay_seconds', 'stall_seconds' "
+            "or 'reply_delay_seconds'"
+        )
     if fault.status is not None and not 400 <= fault.status <= 599:
         raise ValueError(f"fault status must be 400-599, got {fault.status}")
     if fault.times is not None and fault.times < 1:
@@ -118,6 +139,8 @@ def _coerced(spec: Mapping[str, Any]) -> dict[str, Any]:
         "times": int,
         "retry_after": float,
         "delay_seconds": float,
+        "stall_seconds": float,
+        "reply_delay_seconds": float,
         "fail_on_poll": bool,
     }
     values = {}
@@ -150,15 +173,18 @@ class FaultInjector:
             return [asdict(fault) for fault in self._faults]
 
     def take_error(self, method: str, path: str) -> Fault | None:
-        return self._take(method, path, errors=True)
+        return self._take(method, path, "error")
 
     def take_operation(self, method: str, path: str) -> Fault | None:
-        return self._take(method, path, errors=False)
+        return self._take(method, path, "operation")
 
-    def _take(self, method: str, path: str, *, errors: bool) -> Fault | None:
+    def take_timing(self, method: str, path: str) -> Fault | None:
+        return self._take(method, path, "timing")
+
+    def _take(self, method: str, path: str, kind: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.is_error == errors and fault.matches(method, path):
+                if fault.kind == kind and fault.matches(method, path):
                     fault.hits += 1
                     if fault.used_up():
                         self._faults.remove(fault)

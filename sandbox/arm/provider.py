@@ -134,14 +134,17 @@ class Route:
 
 
 SeedLoader = Callable[[Store, ResourceGroup, Mapping[str, Any]], None]
+RootSeedLoader = Callable[[Store, Mapping[str, Any]], None]
 
 
 @dataclass(frozen=True)
 class Provider:
-    """A resource provider: namespace, routes, seed loader, and whether it runs LROs.
+    """A resource provider: namespace, routes, seed loaders, and whether it runs LROs.
 
     ``load_seed`` is called once per resource group of the seed, in provider order, with the
     group's seed object; it reads the keys it owns and ignores the others.
+    ``load_root_seed`` is called once with the whole seed, after every resource group is
+    loaded, for what lives above resource groups (role assignments, the directory).
     """
 
     namespace: str
@@ -149,6 +152,7 @@ class Provider:
     load_seed: SeedLoader | None = None
     api_versions: tuple[str, ...] = ()
     uses_operations: bool = False
+    load_root_seed: RootSeedLoader | None = None
 
 
 def split_path(path: str) -> list[str]:

@@ -14,6 +14,8 @@ budget (429), then the provider's handler under the store lock. Writes answer at
 as long-running operations (see :mod:`sandbox.arm.lro`); faults, throttling and the request
 log are in :mod:`sandbox.arm.faults`. Test hooks live under ``/sandbox/`` without auth:
 ``POST|GET|DELETE /sandbox/faults``, ``GET|DELETE /sandbox/requests``, ``GET /sandbox/state``.
+Microsoft Graph's directory reads are served beside ARM under ``/v1.0/``
+(:mod:`sandbox.arm.directory`), with the same token and certificate.
 
 Adding a resource provider (say ``authorization.py`` for role assignments, or ``security.py``
 for Defender JIT policies):
@@ -26,7 +28,8 @@ for Defender JIT policies):
    Templates are ARM paths with ``{name}`` parameters; ``{subscriptionId}`` and
    ``{resourceGroupName}`` are checked by the server before the handler runs.
 2. Add its ``PROVIDER`` to :data:`PROVIDERS` below (order matters for seed loading: a provider
-   may link to records of the ones before it).
+   may link to records of the ones before it). Records above resource groups (role
+   assignments, say) come from ``load_root_seed(store, seed)``, run after every group.
 3. For writes, call ``request.ensure_idle(resource_id)``,
    ``check_preconditions(request, etag, resource_id)`` and return the headers of
    ``request.begin_operation(...)``; set ``uses_operations=True`` so the server serves
@@ -56,7 +59,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sandbox.arm import compute, network
+from sandbox.arm import authorization, compute, directory, firewall, network
 from sandbox.arm.errors import (
     ArmError,
     resource_group_not_found,
@@ -70,7 +73,12 @@ from sandbox.arm.tls import TlsFiles, write_certificates
 
 logger = logging.getLogger(__name__)
 
-PROVIDERS: tuple[Provider, ...] = (network.PROVIDER, compute.PROVIDER)
+PROVIDERS: tuple[Provider, ...] = (
+    network.PROVIDER,
+    compute.PROVIDER,
+    firewall.PROVIDER,
+    authorization.PROVIDER,
+)
 
 WRITE_METHODS = frozenset({"PUT", "PATCH", "POST", "DELETE"})
 ZERO_TENANT = "00000000-0000-0000-0000-000000000000"
@@ -126,6 +134,7 @@ class ArmServer:
         self._bucket = TokenBucket(write_burst, write_refill_per_second)
         self._bucket.enabled = throttling
         self._faults = FaultInjector()
+        self._stalls_seen = 0
         self._log = RequestLog()
         self._http: _HttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -245,6 +254,11 @@ class ArmServer:
         logger.info("fault %s added: %s", fault.id, spec)
         return next(item for item in self._faults.list() if item["id"] == fault.id)
 
+    @property
+    def stalls_seen(self) -> int:
+        """How many calls a timing fault has held so far (a crash test waits for this)."""
+        return self._stalls_seen
+
     def clear_faults(self) -> None:
         self._faults.clear()
 
@@ -275,6 +289,8 @@ class ArmServer:
         control = parts.path.lower().rstrip("/")
         if control == "/sandbox" or control.startswith("/sandbox/"):
             return self._control(method, control, body)
+        if control == "/v1.0" or control.startswith("/v1.0/"):
+            return self._graph(method, parts.path, parts.query, headers, body)
         try:
             response = self._arm(method, parts.path, parts.query, headers, body)
         except ArmError as exc:
@@ -287,6 +303,17 @@ class ArmServer:
         response.headers.setdefault("x-ms-request-id", request_id)
         response.headers.setdefault("x-ms-correlation-request-id", request_id)
         self._record(method, parts.path, parts.query, body, response)
+        return response
+
+    def _graph(
+        self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> Response:
+        """Microsoft Graph's directory reads (see :mod:`sandbox.arm.directory`)."""
+        with self._store.lock:
+            response = directory.handle(
+                self._store, method, path, query, headers, self._token, self.url
+            )
+        self._record(method, path, query, body, response)
         return response
 
     def _arm(
@@ -303,6 +330,10 @@ class ArmServer:
             )
             raise ArmError(400, "MissingApiVersionParameter", message)
         route, namespace, params = self._route(method, path)
+        timing = self._faults.take_timing(method, path)
+        if timing is not None and timing.stall_seconds:
+            self._stalls_seen += 1
+            time.sleep(timing.stall_seconds)
         with self._store.lock:
             self._operations.settle()
             self._check_api_version(route, api_version)
@@ -327,6 +358,9 @@ class ArmServer:
             )
             response = route.handler(request)
         response.headers.update(extra)
+        if timing is not None and timing.reply_delay_seconds:
+            self._stalls_seen += 1
+            time.sleep(timing.reply_delay_seconds)
         return response
 
     def _authenticate(self, headers: Mapping[str, str]) -> None:
@@ -539,6 +573,9 @@ def build_store(seed: Mapping[str, Any], providers: Sequence[Provider]) -> Store
                 continue
             for group, group_seed in groups:
                 provider.load_seed(store, group, group_seed)
+        for provider in providers:
+            if provider.load_root_seed is not None:
+                provider.load_root_seed(store, seed)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"the seed lacks or misuses a required key: {exc}") from exc
     return store

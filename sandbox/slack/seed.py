@@ -30,6 +30,13 @@ OUTSIDER = "U0OUTSIDER"
 NO_EMAIL_USER = "U0NOEMAIL1"
 DELETED_USER = "U0DELETED1"
 GUEST_USER = "U0GUEST001"
+# Each holds one kind of Azure access in the ARM stand-in's seed (sandbox/seeds/default.json).
+READER_USER = "U0READER01"
+SECURITY_READER_USER = "U0SECREAD1"
+VM_CONTRIBUTOR_USER = "U0VMCONTR1"
+DENIED_OWNER_USER = "U0OWNDENY1"
+GROUP_MEMBER_USER = "U0GROUPED1"
+UNKNOWN_EMAIL_USER = "U0NOMATCH1"
 
 APPROVERS_CHANNEL = "C0OPS12345"
 AUDIT_CHANNEL = "C0AUDIT001"
@@ -147,6 +154,19 @@ def default_users() -> dict[str, dict[str, Any]]:
             email="grace@partner.example.net",
             tz="America/Los_Angeles",
             is_restricted=True,
+        ),
+        make_user(READER_USER, "rita", real_name="Rita Reader", email="rita@example.com"),
+        make_user(SECURITY_READER_USER, "sam", real_name="Sam Security", email="sam@example.com"),
+        make_user(
+            VM_CONTRIBUTOR_USER, "victor", real_name="Victor Virtual", email="victor@example.com"
+        ),
+        make_user(DENIED_OWNER_USER, "oscar", real_name="Oscar Owner", email="oscar@example.com"),
+        make_user(GROUP_MEMBER_USER, "gina", real_name="Gina Grouped", email="gina@example.com"),
+        make_user(
+            UNKNOWN_EMAIL_USER,
+            "henry",
+            real_name="Henry Contractor",
+            email="henry@contractor.example.org",
         ),
         bot,
     ]

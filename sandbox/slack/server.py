@@ -43,6 +43,12 @@ Default seed (when ``users``/``channels``/``usergroups`` are not given; see
   U0NOEMAIL1    dave   (none)                 Europe/London         profile without email
   U0DELETED1    frank  frank@example.com      (absent)              deleted: no tz/is_* fields
   U0GUEST001    grace  grace@partner...       America/Los_Angeles   guest: is_restricted
+  U0READER01    rita   rita@example.com       Europe/London         Azure: Reader
+  U0SECREAD1    sam    sam@example.com        Europe/London         Azure: Security Reader
+  U0VMCONTR1    victor victor@example.com     Europe/London         Azure: VM Contributor
+  U0OWNDENY1    oscar  oscar@example.com      Europe/London         Azure: Owner, but denied
+  U0GROUPED1    gina   gina@example.com       Europe/London         Azure: role via a group
+  U0NOMATCH1    henry  henry@contractor...    Europe/London         email not in Entra ID
   U0BOTUSER1    jitbot (none)                 Europe/London         is_bot
   ============  =====  =====================  ====================  ===========================
 
@@ -128,6 +134,8 @@ class SlackServer:
         self._thread: threading.Thread | None = None
         self._calls: list[dict[str, Any]] = []
         self._faults: list[_Fault] = []
+        self._delays: list[list[Any]] = []
+        self._delays_seen = 0
         self._changed = threading.Condition()
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -244,9 +252,33 @@ class SlackServer:
         with self._changed:
             self._faults.append(_Fault(method, status, retry_after, times, error))
 
+    def add_delay(self, method: str, seconds: float, times: int = 1) -> None:
+        """Answer the next `times` calls of `method` only after `seconds` (a slow Slack).
+
+        `delays_seen` counts the calls held so far, so a test can act while one is held.
+        """
+        with self._changed:
+            self._delays.append([method, seconds, times])
+
+    @property
+    def delays_seen(self) -> int:
+        return self._delays_seen
+
     def clear_faults(self) -> None:
         with self._changed:
             self._faults.clear()
+            self._delays.clear()
+
+    def _take_delay(self, method: str) -> float:
+        with self._changed:
+            for delay in self._delays:
+                if delay[0] in (method, "*"):
+                    delay[2] -= 1
+                    if delay[2] <= 0:
+                        self._delays.remove(delay)
+                    self._delays_seen += 1
+                    return float(delay[1])
+        return 0.0
 
     def _take_fault(self, method: str) -> _Fault | None:
         with self._changed:
@@ -267,6 +299,9 @@ class SlackServer:
     # ---- request handling --------------------------------------------------------------
 
     def _api_call(self, method: str, args: dict[str, Any], token: str | None) -> _Answer:
+        hold = self._take_delay(method)
+        if hold:
+            time.sleep(hold)
         fault = self._take_fault(method)
         if fault is not None:
             status, headers, body = fault.answer()

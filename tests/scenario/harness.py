@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bot.messages import FOLLOW_UP_MARK
 from bot.sandbox import SandboxStack
 from jitcore.model import AccessRequest
 from sandbox.slack import sender
 
 T = TypeVar("T")
+_COMMANDS = itertools.count(1)
 
 REQUESTER = "U0REQ12345"
 APPROVER = "U0APPROVR1"
@@ -55,13 +58,31 @@ class Driver:
         return self.stack.bot_url + "/slack/events"
 
     def command(
-        self, text: str, user: str = REQUESTER, **kwargs: Any
+        self, text: str, user: str = REQUESTER, follow: bool = True, **kwargs: Any
     ) -> tuple[int, dict[str, Any]]:
+        """Send a slash command; return the HTTP status and the answer.
+
+        A command whose checks need Azure is acked with ``FOLLOW_UP_MARK`` and answered
+        through its response_url; with ``follow`` that answer is waited for and returned.
+        """
+        name = f"cmd-{next(_COMMANDS)}"
         body = sender.slash_command_body(
-            text, user_id=user, response_url=self.stack.slack.response_url("cmd"), **kwargs
+            text, user_id=user, response_url=self.stack.slack.response_url(name), **kwargs
         )
         status, _headers, reply = sender.post(self.events_url, body, self.stack.signing_secret)
-        return status, (json.loads(reply) if reply.startswith("{") else {"text": reply})
+        answer = json.loads(reply) if reply.startswith("{") else {"text": reply}
+        if follow and str(answer.get("text", "")).startswith(FOLLOW_UP_MARK):
+            answer = self.follow_up(name)
+        return status, answer
+
+    def follow_up(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The message the bot sent to the response_url called ``name``."""
+        [call] = wait_until(
+            lambda: [c for c in self.stack.slack.calls("response_url") if c.get("name") == name],
+            timeout,
+            f"the answer at response_url {name}",
+        )
+        return dict(call["args"])
 
     def click(self, action_id: str, request_id: int | str, user: str = APPROVER) -> int:
         request = self.request(int(request_id)) if str(request_id).isdigit() else None

@@ -190,7 +190,8 @@ def test_a_second_click_on_a_decided_request_is_answered_and_changes_nothing(
     driver.click("jit_deny", request_id, user=SECOND_APPROVER)
 
     told = wait_until(lambda: driver.ephemerals_to(SECOND_APPROVER), what="the late-click answer")
-    assert "already active" in told[-1] and f"<@{APPROVER}>" in told[-1]
+    assert "already approved" in told[-1] and "(now active)" in told[-1]
+    assert f"<@{APPROVER}>" in told[-1]
     assert driver.request(request_id).status == RequestStatus.ACTIVE
     assert len([r for r in stack.arm.requests() if r["method"] == "PUT"]) == writes_before
 
@@ -285,3 +286,30 @@ def _raw_post(url: str, body: str, headers: dict[str, str]) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_a_replayed_request_is_refused_and_creates_nothing_twice(
+    driver: Driver, stack: SandboxStack
+) -> None:
+    body = sender.slash_command_body(
+        "request vm-web01 22 2h from 203.0.113.7", response_url=stack.slack.response_url("r")
+    )
+    headers = sender.sign(stack.signing_secret, body)
+    assert _raw_post(driver.events_url, body, headers) == 200
+    assert _raw_post(driver.events_url, body, headers) == 401
+    wait_until(lambda: driver.request(1), what="the first request")
+    time.sleep(0.5)
+    assert driver.request(2) is None
+
+
+def test_broken_or_oversized_bodies_get_4xx_never_500(driver: Driver, stack: SandboxStack) -> None:
+    url = driver.events_url
+    broken = "payload=%7Bnot-json"
+    assert _raw_post(url, broken, {"content-type": "application/x-www-form-urlencoded"}) == 401
+    assert _raw_post(url, '{"x', {"content-type": "application/json"}) == 401
+    headers = sender.sign(stack.signing_secret, broken)
+    assert _raw_post(url, broken, headers) == 400
+    odd = {**sender.sign(stack.signing_secret, "x"), "x-slack-request-timestamp": "abc"}
+    assert _raw_post(url, "x", odd) == 401
+    huge = "text=" + "a" * (2 * 1024 * 1024)
+    assert _raw_post(url, huge, sender.sign(stack.signing_secret, huge)) == 413

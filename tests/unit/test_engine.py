@@ -7,7 +7,13 @@ import pytest
 
 from jitcore.db import Store, create_schema, make_engine
 from jitcore.engine import Engine, PolicySet
-from jitcore.errors import CloudError, NotAuthorized, PortNotAllowed, StateConflict
+from jitcore.errors import (
+    CloudError,
+    NotAuthorized,
+    PortNotAllowed,
+    RequestRejected,
+    StateConflict,
+)
 from jitcore.model import GrantState, RequestStatus
 from jitcore.policy import parse_policies
 from tests.fakes import NSG, FakeCloud, RecordingNotifier
@@ -45,7 +51,7 @@ def world(database_url: str):
 
 def submit(engine: Engine, requester: str = "U0REQ12345", duration: timedelta = timedelta(hours=2)):
     request = engine.submit("T0001ABCD", requester, "vm-web01", [22], duration, "203.0.113.7")
-    engine.announce(request.id)
+    engine.deliver(request.id)
     return request
 
 
@@ -263,3 +269,73 @@ def test_every_step_is_in_the_audit_log(world) -> None:
         "rule_removed",
         "closed",
     ]
+
+
+class FlakyNotifier(RecordingNotifier):
+    """Fails the first ``failures`` deliveries of any kind."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def request_granted(self, request, grants) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("Slack is down")
+        super().request_granted(request, grants)
+
+
+def test_news_that_could_not_be_sent_is_sent_by_the_sweep_exactly_once(world) -> None:
+    engine, *_ = world
+    engine.notifier = FlakyNotifier(failures=2)
+    request = submit(engine)
+    engine.approve(request.id, "U0APPROVR1")
+    assert ("granted", request.id) not in engine.notifier.events
+
+    engine.sweep()
+    engine.sweep()
+
+    assert engine.notifier.events.count(("granted", request.id)) == 1
+    assert all(n.sent_at for n in engine.store.notifications(request.id))
+    failures = [e for e in engine.store.audit_events(request.id) if e.action == "notify_failed"]
+    assert len(failures) == 2
+
+
+def test_later_news_waits_for_earlier_news_of_the_same_request(world) -> None:
+    engine, _, _, clock = world
+    engine.notifier = FlakyNotifier(failures=2)
+    request = submit(engine)
+    engine.approve(request.id, "U0APPROVR1")
+    clock.now += timedelta(hours=2)
+    engine.expire(request.id)
+    assert ("closed", request.id) not in engine.notifier.events
+
+    engine.sweep()
+
+    kinds = [e for e, rid in engine.notifier.events if rid == request.id]
+    assert kinds == ["submitted", "approved", "granted", "closed"]
+
+
+def test_a_state_change_and_its_news_are_stored_together(world) -> None:
+    engine, *_ = world
+    request = submit(engine)
+    engine.deny(request.id, "U0APPROVR1", "no")
+    events = [n.event for n in engine.store.notifications(request.id)]
+    assert events == ["request_submitted", "request_denied"]
+
+
+def test_a_requester_cannot_flood_the_approvers(world) -> None:
+    engine, *_ = world
+    for _ in range(engine.max_pending_per_requester):
+        submit(engine)
+    with pytest.raises(RequestRejected, match="waiting for a decision"):
+        submit(engine)
+
+
+def test_an_ipv6_source_for_an_ipv4_vm_fails_clearly_and_opens_nothing(world) -> None:
+    engine, cloud, *_ = world
+    request = engine.submit("T", "U0REQ12345", "vm-web01", [22], timedelta(hours=1), "2001:db8::7")
+    engine.approve(request.id, "U0APPROVR1")
+    failed = engine.store.get_request(request.id)
+    assert failed.status == RequestStatus.FAILED and "IPv6" in failed.failure_reason
+    assert cloud.writes == []

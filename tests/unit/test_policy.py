@@ -89,3 +89,18 @@ def test_sources_outside_the_allowed_ranges_are_refused() -> None:
 def test_invalid_policies_are_refused_naming_the_setting(override: dict, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
         policies(**override)
+
+
+def test_a_policy_can_forbid_private_sources() -> None:
+    strict = policies(allow_private_sources=False)
+    with pytest.raises(InvalidSource, match="private or shared"):
+        check_request(strict, "vm-web01", [22], timedelta(hours=1), "10.1.2.3")
+    with pytest.raises(InvalidSource, match="private or shared"):
+        check_request(strict, "vm-web01", [22], timedelta(hours=1), "100.64.0.9")
+
+
+def test_a_policy_can_widen_the_allowed_source_range() -> None:
+    with pytest.raises(InvalidSource, match="at most /24"):
+        check_request(policies(), "vm-web01", [22], timedelta(hours=1), "198.51.0.0/16")
+    wide = policies(widest_source_v4=16)
+    assert check_request(wide, "vm-web01", [22], timedelta(hours=1), "198.51.0.0/16")

@@ -52,3 +52,49 @@ def test_durations_parse_and_format_symmetrically() -> None:
 def test_malformed_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        ("0.0.0.0/8", "0.0.0.0/8"),
+        ("240.0.0.1", "reserved"),
+        ("fe80::1%eth0", "zone ids"),
+        ("::1", "loopback"),
+        ("1" * 200, "too long"),
+    ],
+)
+def test_addresses_nobody_connects_from_are_refused(text: str, reason: str) -> None:
+    with pytest.raises(InvalidSource, match=reason):
+        canonical_source(text)
+
+
+@pytest.mark.parametrize("text", ["128.0.0.0/1", "10.0.0.0/8", "2001:db8::/32"])
+def test_ranges_wider_than_the_policy_allows_are_refused(text: str) -> None:
+    from jitcore.sources import check_width
+
+    with pytest.raises(InvalidSource, match="wider than this policy allows"):
+        check_width(canonical_source(text), 24, 48)
+
+
+def test_private_and_cgnat_ranges_are_recognised() -> None:
+    from jitcore.sources import is_private
+
+    assert is_private("10.1.2.3/32") and is_private("100.64.1.1/32") and is_private("fd00::1/128")
+    assert not is_private("8.8.8.8/32")
+
+
+def test_absurd_durations_are_refused_not_crashed_on() -> None:
+    with pytest.raises(ValueError, match="longer than any policy"):
+        parse_duration("999999999999999999d")
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("²h")
+
+
+def test_half_the_internet_starting_at_zero_is_refused() -> None:
+    with pytest.raises(InvalidSource):
+        canonical_source("0.0.0.0/1")

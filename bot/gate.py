@@ -1,0 +1,313 @@
+"""The checks in front of commands and clicks: who the Slack user is in Entra ID, then
+whether their Azure roles allow what they ask (see ``jitcore.access`` for the actions).
+
+They need several calls to Slack, Microsoft Graph and Azure Resource Manager, which can
+take longer than the three seconds Slack gives a slash command's ack. So a gated command
+is acked at once ("checking your Azure access…") after the checks that need no network
+(grammar, policy), and the rest runs on the bot's executor; the answer goes to the
+command's ``response_url``, which works in channels, private channels and DMs alike
+(``chat.postEphemeral`` needs the bot in the conversation). Clicks already run in lazy
+listeners, so the approval check runs there, reading Azure afresh.
+
+Every refusal is audited and answered with text from ``bot.messages``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from bot import messages
+from bot.commands import (
+    AdminMapCommand,
+    AdminUnmapCommand,
+    ListCommand,
+    RequestCommand,
+    WhyCommand,
+)
+from bot.identity import IdentityRefused, IdentityResolver, IdentityUnavailable, ResolvedPrincipal
+from jitcore.access import AccessChecker, AccessRefused, Operation, VmTarget
+from jitcore.azure.authorization import AuthorizationGateway
+from jitcore.azure.clients import AzureTarget
+from jitcore.azure.identity import GraphDirectory
+from jitcore.engine import Engine
+from jitcore.errors import CloudError, NotAuthorized, RequestRejected, UnknownVm
+from jitcore.model import FINAL_STATUSES, AccessRequest, RequestStatus
+from jitcore.policy import load_principal_mappings
+from jitcore.principals import PrincipalStore
+
+log = logging.getLogger(__name__)
+
+GATED = (RequestCommand, ListCommand, WhyCommand, AdminMapCommand, AdminUnmapCommand)
+
+
+class GateRefusal(NotAuthorized):
+    """A refusal whose chat text is ready (built by ``bot.messages``, escaped)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class AccessGate:
+    def __init__(self, engine: Engine, identity: IdentityResolver, checker: AccessChecker) -> None:
+        self.engine = engine
+        self.identity = identity
+        self.checker = checker
+        self.closers: list[Callable[[], None]] = []
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+
+    @property
+    def store(self) -> Any:
+        return self.engine.store
+
+    # -- slash commands ------------------------------------------------------------------
+
+    def early_answer(self, command: Any) -> str | None:
+        """An answer that needs no network (bad input), given in the ack itself."""
+        if isinstance(command, RequestCommand):
+            if command.source is None:
+                return messages.missing_source()
+            try:
+                self.engine.check(command.vm, list(command.ports), command.duration, command.source)
+            except RequestRejected as exc:
+                # What Engine.submit reports when the request gets that far.
+                self.engine.observer.request_event("rejected", None)
+                return messages.error_text(exc.message)
+        return None
+
+    def ack_text(self, command: Any) -> str:
+        if isinstance(command, RequestCommand | WhyCommand):
+            return messages.checking_access(f"to {command.vm}")
+        if isinstance(command, ListCommand):
+            return messages.checking_access("to your requests' VMs")
+        return messages.checking_access("to administer jitbot")
+
+    def run(self, command: Any, user_id: str) -> str | None:
+        """Check ``command`` for ``user_id``: a refusal or a full answer, or None to go on
+        with the command as if there were no gate."""
+        try:
+            if isinstance(command, RequestCommand):
+                self._authorize_request(user_id, command.vm)
+                return None
+            if isinstance(command, ListCommand):
+                self._authorize_list(user_id)
+                return None
+            if isinstance(command, WhyCommand):
+                return self._why(user_id, command)
+            if isinstance(command, AdminMapCommand):
+                return self._admin_map(user_id, command)
+            assert isinstance(command, AdminUnmapCommand)
+            return self._admin_unmap(user_id, command)
+        except GateRefusal as exc:
+            return exc.text
+
+    def _authorize_request(self, user_id: str, vm_text: str) -> None:
+        principal = self._principal(user_id)
+        vm = self._vm(self._policy_vm_name(vm_text))
+        self._require(user_id, principal, Operation.REQUEST, vm, "request")
+
+    def _authorize_list(self, user_id: str) -> None:
+        principal = self._principal(user_id)
+        open_statuses = tuple(s for s in RequestStatus if s not in FINAL_STATUSES)
+        names = {
+            r.vm_name.lower(): r.vm_name for r in self.engine.requests_of(user_id, open_statuses)
+        }
+        for name in names.values():
+            self._require(user_id, principal, Operation.READ, self._vm(name), "read")
+
+    def _why(self, user_id: str, command: WhyCommand) -> str:
+        principal = self._principal(user_id)
+        try:
+            policy = self.engine.policy_for(command.vm)
+        except UnknownVm:
+            return messages.why_text(principal, command.vm, None, None, command.port, user_id)
+        vm_name = policy.match(command.vm) or command.vm
+        vm = self._vm(vm_name)
+        try:
+            decision = self.checker.check(principal.object_id, Operation.REQUEST, vm)
+        except CloudError as exc:
+            return messages.access_check_failed(exc.message)
+        return messages.why_text(principal, vm_name, decision, policy, command.port, user_id)
+
+    def _admin_map(self, user_id: str, command: AdminMapCommand) -> str:
+        self._require_admin(user_id)
+        try:
+            mapped = self.identity.map(command.user_id, command.target, actor=user_id)
+        except IdentityRefused as exc:
+            self.store.audit(
+                "principal_map_refused",
+                user_id,
+                None,
+                slack_user=command.user_id,
+                reason=exc.reason,
+            )
+            return messages.identity_refused(
+                exc.user_id, exc.reason, exc.target, "admin", hint=False
+            )
+        except IdentityUnavailable:
+            return messages.identity_unavailable()
+        self.store.audit(
+            "principal_mapped",
+            user_id,
+            None,
+            slack_user=command.user_id,
+            target=command.target,
+            object_id=mapped.object_id,
+        )
+        return messages.mapped_text(command.user_id, mapped.upn, mapped.object_id)
+
+    def _admin_unmap(self, user_id: str, command: AdminUnmapCommand) -> str:
+        self._require_admin(user_id)
+        removed = self.identity.unmap(command.user_id)
+        self.store.audit("principal_unmapped", user_id, None, slack_user=command.user_id)
+        return messages.unmapped_text(command.user_id, removed)
+
+    def _require_admin(self, user_id: str) -> None:
+        principal = self._principal(user_id)
+        self._require(user_id, principal, Operation.CONFIGURE, None, "configure")
+
+    # -- clicks --------------------------------------------------------------------------
+
+    def authorize_approval(self, request: AccessRequest, approver_id: str) -> None:
+        """Raise NotAuthorized unless ``approver_id`` may approve ``request`` now.
+
+        The policy's rule first (an approver, not the requester); then, while the request
+        is pending, Azure read afresh: the approver must hold the request actions at the
+        VM, and the requester must still hold them.
+        """
+        try:
+            self.engine.authorize_decision(request, approver_id)
+        except NotAuthorized as exc:
+            self.store.audit("decision_refused", approver_id, request.id, reason=exc.message)
+            raise
+        if request.status != RequestStatus.PENDING:
+            return
+        vm = self._vm(request.vm_name, fresh=True)
+        approver = self._principal(approver_id, request.id)
+        self._require(
+            approver_id, approver, Operation.REQUEST, vm, "approve", request.id, fresh=True
+        )
+        self._requester_still_allowed(request, vm)
+
+    def _requester_still_allowed(self, request: AccessRequest, vm: VmTarget) -> None:
+        requester_id = request.requester_id
+        try:
+            requester = self.identity.resolve(requester_id)
+            self.checker.require(requester.object_id, Operation.REQUEST, vm, fresh=True)
+        except IdentityRefused as exc:
+            self._audit_refusal(requester_id, request.id, "requester_identity", exc.reason)
+            text = messages.requester_unmapped(requester_id, exc.reason, exc.target, exc.source)
+            raise GateRefusal(text) from None
+        except AccessRefused as exc:
+            self._audit_access(requester_id, request.id, "request", requester.object_id, exc)
+            raise GateRefusal(
+                messages.requester_lost_access(requester_id, vm.name, exc.decision)
+            ) from None
+        except (IdentityUnavailable, CloudError) as exc:
+            log.warning("re-checking the requester of %s failed: %s", request.id, exc)
+            raise GateRefusal(messages.identity_unavailable()) from None
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _principal(self, user_id: str, request_id: int | None = None) -> ResolvedPrincipal:
+        try:
+            return self.identity.resolve(user_id)
+        except IdentityRefused as exc:
+            self._audit_refusal(user_id, request_id, "identity", exc.reason)
+            raise GateRefusal(
+                messages.identity_refused(exc.user_id, exc.reason, exc.target, exc.source)
+            ) from None
+        except IdentityUnavailable as exc:
+            log.warning("identity of %s unavailable: %s", user_id, exc.message)
+            raise GateRefusal(messages.identity_unavailable()) from None
+
+    def _require(
+        self,
+        user_id: str,
+        principal: ResolvedPrincipal,
+        operation: Operation,
+        vm: VmTarget | None,
+        verb: str,
+        request_id: int | None = None,
+        *,
+        fresh: bool = False,
+    ) -> None:
+        try:
+            self.checker.require(principal.object_id, operation, vm, fresh=fresh)
+        except AccessRefused as exc:
+            self._audit_access(user_id, request_id, verb, principal.object_id, exc)
+            vm_name = vm.name if vm is not None else None
+            raise GateRefusal(
+                messages.access_refused(verb, vm_name, principal.upn, exc.decision)
+            ) from None
+        except CloudError as exc:
+            log.warning("RBAC check for %s failed: %s", user_id, exc.message)
+            raise GateRefusal(messages.access_check_failed(exc.message)) from None
+
+    def _vm(self, name: str, *, fresh: bool = False) -> VmTarget:
+        try:
+            return self.checker.vm(name, fresh=fresh)
+        except CloudError as exc:
+            raise GateRefusal(messages.error_text(exc.message)) from None
+
+    def _policy_vm_name(self, vm_text: str) -> str:
+        try:
+            return self.engine.policy_for(vm_text).match(vm_text) or vm_text
+        except UnknownVm as exc:
+            raise GateRefusal(messages.error_text(exc.message)) from None
+
+    def _audit_refusal(self, user_id: str, request_id: int | None, kind: str, reason: str) -> None:
+        self.store.audit("access_refused", user_id, request_id, check=kind, reason=reason)
+
+    def _audit_access(
+        self,
+        user_id: str,
+        request_id: int | None,
+        verb: str,
+        object_id: str,
+        exc: AccessRefused,
+    ) -> None:
+        decision = exc.decision
+        self.store.audit(
+            "access_refused",
+            user_id,
+            request_id,
+            check=verb,
+            object_id=object_id,
+            scope=decision.scope,
+            missing=list(decision.missing),
+            denied_by=sorted({deny for _, deny in decision.denied}),
+        )
+
+
+def build_gate(settings: Any, engine: Engine, client: Any, target: AzureTarget) -> AccessGate:
+    """The gate and its clients (Graph, Microsoft.Authorization) from the bot's settings.
+
+    Graph uses the same credential as ARM and, when set, the same CA bundle (the sandbox
+    serves both on one HTTPS server).
+    """
+    directory = GraphDirectory(target.credential, settings.graph_url, target.ca_bundle)
+    authorization = AuthorizationGateway(target, definition_ttl=settings.rbac_cache_seconds)
+    checker = AccessChecker(
+        authorization,
+        directory,
+        engine.cloud,
+        target.subscription_id,
+        ttl=settings.rbac_cache_seconds,
+    )
+    identity = IdentityResolver(
+        client,
+        directory,
+        PrincipalStore(engine.store),
+        load_principal_mappings(settings.policy_file),
+        ttl=timedelta(seconds=settings.identity_cache_seconds),
+    )
+    gate = AccessGate(engine, identity, checker)
+    gate.closers = [directory.close, authorization.close]
+    return gate

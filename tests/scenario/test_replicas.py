@@ -1,0 +1,121 @@
+"""Two ``jitbot serve`` processes on one PostgreSQL database: every click is decided once,
+every expiry processed once, every notice sent once, and a replica that dies has its
+deadlines taken over by the other."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jitcore.model import RequestStatus
+from tests.scenario.harness import REQUESTER, SECOND_APPROVER, Driver, wait_until, write_policy
+from tests.scenario.processes import Endpoint, ProcessWorld
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+RULE_PATH = "securityRules/jitbot-allow"
+
+
+@pytest.fixture
+def world(tmp_path: Path, postgres_url: str) -> Iterator[ProcessWorld]:
+    from jitcore.db import make_engine
+    from tests.conftest import _reset
+
+    engine = make_engine(postgres_url)
+    _reset(engine)
+    engine.dispose()
+    running = ProcessWorld(tmp_path, postgres_url, write_policy(tmp_path))
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def submit(driver: Driver, text: str) -> int:
+    status, reply = driver.command(text)
+    assert status == 200 and "Request #" in reply["text"], reply
+    request_id = int(reply["text"].split("#", 1)[1].split()[0])
+    wait_until(lambda: driver.request(request_id).approval_ts, what="the approval message")
+    return request_id
+
+
+def deletes_of(world: ProcessWorld, request_id: int) -> list[dict]:
+    return [
+        r
+        for r in world.arm.requests()
+        if r["method"] == "DELETE" and r["path"].endswith(f"jitbot-allow-r{request_id}")
+    ]
+
+
+def test_two_replicas_decide_each_click_once_and_expire_each_grant_once(
+    world: ProcessWorld,
+) -> None:
+    a = world.start_bot("a")
+    b = world.start_bot("b")
+    via_a = Driver(Endpoint(world, a))  # type: ignore[arg-type]
+    via_b = Driver(Endpoint(world, b))  # type: ignore[arg-type]
+    ids = [submit(via_a, f"request vm-web01 22 3s from 203.0.113.{n}") for n in (1, 2, 3)]
+
+    clicks = []
+    for request_id in ids:
+        clicks.append(threading.Thread(target=via_a.click, args=("jit_approve", request_id)))
+        clicks.append(
+            threading.Thread(
+                target=via_b.click, args=("jit_deny", request_id), kwargs={"user": SECOND_APPROVER}
+            )
+        )
+    for click in clicks:
+        click.start()
+    for click in clicks:
+        click.join()
+
+    finals = {RequestStatus.CLOSED, RequestStatus.DENIED}
+    for request_id in ids:
+        wait_until(
+            lambda r=request_id: world.request(r).status in finals, timeout=30, what="an ending"
+        )
+    for request_id in ids:
+        request = world.request(request_id)
+        decisions = [
+            e.action
+            for e in world.store.audit_events(request_id)
+            if e.action in ("approved", "denied")
+        ]
+        assert len(decisions) == 1, decisions
+        if request.status == RequestStatus.CLOSED:
+            assert len([d for d in deletes_of(world, request_id) if d["status"] < 300]) == 1
+            closed = [e for e in world.store.audit_events(request_id) if e.action == "closed"]
+            assert len(closed) == 1
+        sent = [n for n in world.store.notifications(request_id) if n.sent_at is not None]
+        assert len(sent) == len(world.store.notifications(request_id))
+    expired_dms = [t for t in via_a.dms_to(REQUESTER) if "expired" in t]
+    closed_count = sum(world.request(r).status == RequestStatus.CLOSED for r in ids)
+    assert len(expired_dms) == closed_count
+
+
+def test_when_a_replica_dies_the_other_takes_over_its_deadlines(world: ProcessWorld) -> None:
+    a = world.start_bot("a")
+    world.start_bot("b")
+    via_a = Driver(Endpoint(world, a))  # type: ignore[arg-type]
+    ids = [submit(via_a, f"request vm-web01 22 2s from 198.51.100.{n}") for n in (1, 2)]
+    for request_id in ids:
+        via_a.click("jit_approve", request_id)
+    for request_id in ids:
+        wait_until(
+            lambda r=request_id: world.request(r).status == RequestStatus.ACTIVE, what="active"
+        )
+
+    a.kill()
+
+    for request_id in ids:
+        wait_until(
+            lambda r=request_id: world.request(r).status == RequestStatus.CLOSED,
+            timeout=15,
+            what="the surviving replica to close it",
+        )
+        assert len([d for d in deletes_of(world, request_id) if d["status"] < 300]) == 1
+    dms = [t for t in via_a.dms_to(REQUESTER) if "expired" in t]
+    assert len(dms) == 2
