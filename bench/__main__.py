@@ -1,6 +1,6 @@
 """``python -m bench``: run every benchmark and print its figures.
 
-.venv/bin/python -m bench                 # all, about five minutes on 2 CPUs
+.venv/bin/python -m bench                 # all, about seven minutes on 2 CPUs
 .venv/bin/python -m bench --quick         # smaller and shorter, for a smoke run
 .venv/bin/python -m bench --only ack,scale --json results.json
 """

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.stack import BenchStack, start_standins
+from bench.stack import BenchStack, call_kind, start_standins
 from bench.stats import ms, percentile, table
 from bot.sandbox import SANDBOX_ARM_TOKEN
 from jitcore.azure.clients import (
@@ -48,19 +48,6 @@ policies:
     approval_channel: C0OPS12345
 """
 REQUEST_ID = re.compile(r"#(\d+)")
-CALL_KINDS = (
-    "/operations/",
-    "/operationResults/",
-    "/securityRules/",
-    "roleAssignments",
-    "roleDefinitions",
-    "denyAssignments",
-    "/v1.0/",
-    "networkInterfaces",
-    "virtualMachines",
-    "networkSecurityGroups",
-    "subnets",
-)
 TARGET_RATIO = 1.10
 TARGET_SLACK_MS = 5.0
 
@@ -216,7 +203,7 @@ def _breakdown(stack: BenchStack, rounds: list[dict[str, Any]]) -> dict[str, Any
     kinds: Counter[str] = Counter()
     for item in rounds:
         window = [c for c in calls if item["clicked"] <= c["time"] <= item["opened_at"]]
-        kinds.update(f"{c['method']} {_kind(c['path'])}" for c in window)
+        kinds.update(f"{c['method']} {call_kind(c['path'])}" for c in window)
         rule = f"/securityRules/jitbot-allow-r{item['id']}"
         puts = [c for c in window if c["method"] == "PUT" and c["path"].endswith(rule)]
         if puts:
@@ -229,14 +216,6 @@ def _breakdown(stack: BenchStack, rounds: list[dict[str, Any]]) -> dict[str, Any
         "arm_calls_per_grant": percentile([float(n) for n in per_grant], 50),
         "calls_by_kind": {k: round(v / len(rounds), 1) for k, v in kinds.most_common()},
     }
-
-
-def _kind(path: str) -> str:
-    """What an ARM (or Graph) path is about, for the per-grant call count."""
-    for marker in CALL_KINDS:
-        if marker.lower() in path.lower():
-            return marker.strip("/")
-    return "other"
 
 
 def _report(raw: list[float], rounds: list[dict[str, Any]], breakdown: dict[str, Any]) -> dict:

@@ -19,6 +19,27 @@ from bench.children import Child
 from bot.sandbox import SandboxStack
 
 _NO_PROXY = urllib.request.ProxyHandler({})
+CALL_KINDS = (
+    "/operations/",
+    "/operationResults/",
+    "/securityRules/",
+    "roleAssignments",
+    "roleDefinitions",
+    "denyAssignments",
+    "/v1.0/",
+    "networkInterfaces",
+    "virtualMachines",
+    "networkSecurityGroups",
+    "subnets",
+)
+
+
+def call_kind(path: str) -> str:
+    """What an ARM (or Graph, under /v1.0/) path is about, for counting calls by kind."""
+    for marker in CALL_KINDS:
+        if marker.lower() in path.lower():
+            return marker.strip("/")
+    return "other"
 
 
 class RemoteArm:

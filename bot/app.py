@@ -20,6 +20,7 @@ from bot.edge import SlackEdge
 from bot.gate import AccessGate, build_gate
 from bot.metrics import Metrics
 from bot.notifier import SlackNotifier
+from bot.protection import ProtectionDesk
 from bot.settings import Settings
 from jitcore.azure import AzureNetwork, AzureTarget
 from jitcore.azure.clients import StaticTokenCredential, default_credential
@@ -51,6 +52,21 @@ class JitBot:
 
     def start(self) -> None:
         self.clock.start()
+        if self.settings.expiry_warning_seconds > 0:
+            self.clock.scheduler.add_job(
+                self._warn_expiring,
+                "interval",
+                seconds=self.settings.sweep_interval_seconds,
+                id="expiry-warning",
+                replace_existing=True,
+            )
+
+    def _warn_expiring(self) -> None:
+        """The expiring-soon job; like the sweep, it runs again at the next interval."""
+        try:
+            self.engine.warn_expiring(timedelta(seconds=self.settings.expiry_warning_seconds))
+        except Exception:
+            log.exception("warning of expiring grants failed; trying again at the next interval")
 
     def stop(self) -> None:
         self.background.shutdown(wait=True)
@@ -174,7 +190,8 @@ def build(settings: Settings) -> JitBot:
     )
     background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jitbot-work")
     gate = build_gate(settings, engine, client, azure_target(settings))  # identity and RBAC
-    listeners.register(bolt, engine, background, gate)
+    desk = ProtectionDesk(protector, network.vm_names, client)
+    listeners.register(bolt, engine, background, gate, desk)
     return JitBot(
         settings,
         store,

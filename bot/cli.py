@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     for verb in ("approve", "deny"):
         click = what.add_parser(verb, help=f"click {verb.title()} on a request's approval message")
         click.add_argument("request_id", type=int)
+    deny = what.choices["deny"]
+    deny.add_argument("--reason", default="", help="what to type in the deny form")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -312,6 +314,9 @@ def _send(args: argparse.Namespace) -> int:
         )
         return 2
     print(f"HTTP {status}")
+    if args.what == "deny" and status == 200:
+        status = _submit_deny_form(url, secret, user, args.request_id, args.reason)
+        print(f"deny form submitted: HTTP {status}")
     if args.what != "command":
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
@@ -325,6 +330,21 @@ def _send(args: argparse.Namespace) -> int:
         if _reply_text(text).startswith(FOLLOW_UP_MARK):
             print(_follow_up(state["slack_url"], response_url.rsplit("/", 1)[-1]))
     return 0 if status == 200 else 1
+
+
+def _submit_deny_form(url: str, secret: str, user: str, request_id: int, reason: str) -> int:
+    """Submit the reason form a Deny click opens, as the clicker would in Slack."""
+    from bot.messages import DENY_REASON_CALLBACK, REASON_BLOCK, REASON_INPUT
+    from sandbox.slack import sender
+
+    body = sender.view_submission_body(
+        DENY_REASON_CALLBACK,
+        {REASON_BLOCK: {REASON_INPUT: reason}},
+        user_id=user,
+        private_metadata=json.dumps({"request_id": request_id, "channel": None}),
+    )
+    status, _headers, _text = sender.post(url, body, secret)
+    return status
 
 
 def _ephemerals_to(slack_api_url: str, user: str) -> list[str]:

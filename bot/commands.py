@@ -2,10 +2,14 @@
 
     request <vm> <ports> <duration> [from <ip|cidr>] [because <reason>]
     list
+    status <vm>
+    extend <id> <duration>
     revoke <id>
     why <vm> [port]
     admin map <user> <userPrincipalName | object id>
     admin unmap <user>
+    policy protect <vm> | policy unprotect <vm>
+    scan
     help [command]
 
 A ``<user>`` is a Slack mention as Slack escapes it (``<@U0123ABCD>`` or
@@ -79,15 +83,56 @@ class AdminUnmapCommand:
     user_id: str
 
 
+@dataclass(frozen=True)
+class StatusCommand:
+    vm: str
+
+
+@dataclass(frozen=True)
+class ExtendCommand:
+    request_id: int
+    duration: timedelta
+
+
+@dataclass(frozen=True)
+class PolicyProtectCommand:
+    vm: str
+
+
+@dataclass(frozen=True)
+class PolicyUnprotectCommand:
+    vm: str
+
+
+@dataclass(frozen=True)
+class ScanCommand:
+    pass
+
+
 AdminCommand = AdminMapCommand | AdminUnmapCommand
-Command = RequestCommand | ListCommand | RevokeCommand | HelpCommand | WhyCommand | AdminCommand
+ProtectionCommand = PolicyProtectCommand | PolicyUnprotectCommand | ScanCommand
+Command = (
+    RequestCommand
+    | ListCommand
+    | StatusCommand
+    | ExtendCommand
+    | RevokeCommand
+    | HelpCommand
+    | WhyCommand
+    | AdminCommand
+    | ProtectionCommand
+)
 
 USAGE = {
     "request": "/jit request <vm> <ports> <duration> [from <ip|cidr>] [because <reason>]",
     "list": "/jit list",
+    "status": "/jit status <vm>",
+    "extend": "/jit extend <request id> <duration>",
     "revoke": "/jit revoke <request id>",
     "why": "/jit why <vm> [port]",
     "admin": "/jit admin map <@user> <userPrincipalName or object id> | /jit admin unmap <@user>",
+    "policy": "/jit policy protect <vm> | /jit policy unprotect <vm>",
+    "scan": "/jit scan",
     "help": "/jit help [command]",
 }
 
@@ -103,12 +148,24 @@ def parse_command(text: str) -> Command:
         if args:
             raise CommandError("`list` takes no arguments", USAGE["list"])
         return ListCommand()
+    if verb == "status":
+        if len(args) != 1:
+            raise CommandError("`status` needs one VM", USAGE["status"])
+        return StatusCommand(args[0])
+    if verb == "extend":
+        return _parse_extend(args)
     if verb in ("revoke", "done", "end"):
         return RevokeCommand(_parse_request_id(args, "revoke"))
     if verb == "why":
         return _parse_why(args)
     if verb == "admin":
         return _parse_admin(args)
+    if verb == "policy":
+        return _parse_policy(args)
+    if verb == "scan":
+        if args:
+            raise CommandError("`scan` takes no arguments", USAGE["scan"])
+        return ScanCommand()
     if verb == "help":
         topic = args[0].lower() if args else None
         return HelpCommand(topic if topic in USAGE else None)
@@ -144,6 +201,30 @@ def _parse_request(args: list[str]) -> RequestCommand:
     except ValueError as exc:
         raise CommandError(str(exc), usage) from None
     return RequestCommand(vm, parse_ports(ports_text), duration, source, reason)
+
+
+def _parse_extend(args: list[str]) -> ExtendCommand:
+    usage = USAGE["extend"]
+    if len(args) != 2:
+        raise CommandError(
+            "`extend` needs a request id and a duration, like `extend 42 30m`", usage
+        )
+    request_id = _parse_request_id(args[:1], "extend")
+    try:
+        duration = parse_duration(args[1])
+    except ValueError as exc:
+        raise CommandError(str(exc), usage) from None
+    return ExtendCommand(request_id, duration)
+
+
+def _parse_policy(args: list[str]) -> PolicyProtectCommand | PolicyUnprotectCommand:
+    usage = USAGE["policy"]
+    action = args[0].lower() if args else ""
+    if action == "protect" and len(args) == 2:
+        return PolicyProtectCommand(args[1])
+    if action == "unprotect" and len(args) == 2:
+        return PolicyUnprotectCommand(args[1])
+    raise CommandError("`policy` takes `protect <vm>` or `unprotect <vm>`", usage)
 
 
 def parse_ports(text: str) -> tuple[int, ...]:

@@ -58,7 +58,12 @@ class SlackEdge:
         if not self._valid(body, timestamp, signature):
             log.info("refused a request with a missing, stale or wrong signature")
             return _answer(start_response, "401 Unauthorized", b'{"error": "invalid request"}')
-        if not self.first_sighting(signature):
+        try:
+            first = self.first_sighting(signature)
+        except Exception:
+            log.warning("cannot record the request's signature (database unavailable?)")
+            return _answer(start_response, "503 Service Unavailable", b'{"error": "unavailable"}')
+        if not first:
             log.info("refused a replayed request (its signature was seen before)")
             return _answer(start_response, "401 Unauthorized", b'{"error": "replayed request"}')
 

@@ -23,8 +23,13 @@ from bot import messages
 from bot.commands import (
     AdminMapCommand,
     AdminUnmapCommand,
+    ExtendCommand,
     ListCommand,
+    PolicyProtectCommand,
+    PolicyUnprotectCommand,
     RequestCommand,
+    ScanCommand,
+    StatusCommand,
     WhyCommand,
 )
 from bot.identity import IdentityRefused, IdentityResolver, IdentityUnavailable, ResolvedPrincipal
@@ -40,7 +45,22 @@ from jitcore.principals import PrincipalStore
 
 log = logging.getLogger(__name__)
 
-GATED = (RequestCommand, ListCommand, WhyCommand, AdminMapCommand, AdminUnmapCommand)
+GATED = (
+    RequestCommand,
+    ListCommand,
+    StatusCommand,
+    ExtendCommand,
+    WhyCommand,
+    AdminMapCommand,
+    AdminUnmapCommand,
+    PolicyProtectCommand,
+    PolicyUnprotectCommand,
+    ScanCommand,
+)
+STATUS_SHOWN = (RequestStatus.OPENING, RequestStatus.ACTIVE, RequestStatus.CLOSING)
+"""What ``/jit status`` counts as open on a VM now."""
+ADMIN_ONLY = (PolicyProtectCommand, PolicyUnprotectCommand, ScanCommand)
+"""Commands that need the configure actions and then run as if there were no gate."""
 
 
 class GateRefusal(NotAuthorized):
@@ -82,10 +102,12 @@ class AccessGate:
         return None
 
     def ack_text(self, command: Any) -> str:
-        if isinstance(command, RequestCommand | WhyCommand):
+        if isinstance(command, RequestCommand | WhyCommand | StatusCommand):
             return messages.checking_access(f"to {command.vm}")
         if isinstance(command, ListCommand):
             return messages.checking_access("to your requests' VMs")
+        if isinstance(command, ExtendCommand):
+            return messages.checking_access(f"to the VM of request #{command.request_id}")
         return messages.checking_access("to administer jitbot")
 
     def run(self, command: Any, user_id: str) -> str | None:
@@ -98,8 +120,16 @@ class AccessGate:
             if isinstance(command, ListCommand):
                 self._authorize_list(user_id)
                 return None
+            if isinstance(command, StatusCommand):
+                return self._status(user_id, command.vm)
+            if isinstance(command, ExtendCommand):
+                self._authorize_extend_command(user_id, command.request_id)
+                return None
             if isinstance(command, WhyCommand):
                 return self._why(user_id, command)
+            if isinstance(command, ADMIN_ONLY):
+                self._require_admin(user_id)
+                return None
             if isinstance(command, AdminMapCommand):
                 return self._admin_map(user_id, command)
             assert isinstance(command, AdminUnmapCommand)
@@ -120,6 +150,23 @@ class AccessGate:
         }
         for name in names.values():
             self._require(user_id, principal, Operation.READ, self._vm(name), "read")
+
+    def home_refusal(self, user_id: str) -> str | None:
+        """Why ``user_id`` may not see their requests on the home tab (the checks of
+        ``/jit list``), or None."""
+        try:
+            self._authorize_list(user_id)
+        except GateRefusal as exc:
+            return exc.text
+        return None
+
+    def _status(self, user_id: str, vm_text: str) -> str:
+        """``/jit status``: the read actions at the VM, then who has what open there."""
+        principal = self._principal(user_id)
+        vm_name = self._policy_vm_name(vm_text)
+        self._require(user_id, principal, Operation.READ, self._vm(vm_name), "read")
+        requests = self.engine.requests_on(vm_name, STATUS_SHOWN)
+        return messages.status_text(vm_name, requests, self.engine.clock())
 
     def _why(self, user_id: str, command: WhyCommand) -> str:
         principal = self._principal(user_id)
@@ -212,6 +259,29 @@ class AccessGate:
         except (IdentityUnavailable, CloudError) as exc:
             log.warning("re-checking the requester of %s failed: %s", request.id, exc)
             raise GateRefusal(messages.identity_unavailable()) from None
+
+    def _authorize_extend_command(self, user_id: str, request_id: int) -> None:
+        request = self.store.get_request(request_id)
+        if request is None:
+            self.store.audit("extend_refused", user_id, None, reason="no such request")
+            raise GateRefusal(
+                messages.error_text(
+                    f"there is no request #{request_id} that you requested or approve"
+                )
+            )
+        self.authorize_extension(request, user_id)
+
+    def authorize_extension(self, request: AccessRequest, user_id: str) -> None:
+        """Raise GateRefusal unless ``user_id`` may extend ``request``: the requester or an
+        approver of its policy, holding the request actions at the VM in Azure."""
+        try:
+            self.engine.authorize_extension(request, user_id)
+        except NotAuthorized as exc:
+            self.store.audit("extend_refused", user_id, request.id, reason=exc.message)
+            raise GateRefusal(messages.error_text(exc.message)) from None
+        principal = self._principal(user_id, request.id)
+        vm = self._vm(request.vm_name)
+        self._require(user_id, principal, Operation.REQUEST, vm, "extend", request.id)
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -16,6 +16,12 @@ from jitcore.notify import RestoreReport
 
 APPROVE_ACTION = "jit_approve"
 DENY_ACTION = "jit_deny"
+EXTEND_ACTION = "jit_extend"
+END_NOW_ACTION = "jit_end_now"
+DENY_REASON_CALLBACK = "jit_deny_reason"
+REASON_BLOCK = "reason_block"
+REASON_INPUT = "reason_input"
+MAX_DENY_REASON = 500
 
 HELP_TEXT = "\n".join(
     [
@@ -23,11 +29,17 @@ HELP_TEXT = "\n".join(
         "• `/jit request <vm> <ports> <duration> [from <ip|cidr>] [because <reason>]`"
         " — e.g. `/jit request vm-web01 22 2h from 203.0.113.7 because deploy fix`",
         "• `/jit list` — your pending and active requests",
+        "• `/jit status <vm>` — who has what open on that VM now, and for how long",
+        "• `/jit extend <id> <duration>` — keep access open until now + duration, within the"
+        " policy's maximum from when it opened (requester or approver)",
         "• `/jit revoke <id>` — end access now (requester or approver)",
         "• `/jit why <vm> [port]` — who you are in Azure, what your roles allow at that VM,"
         " which policy covers it and who approves",
         "• `/jit admin map <@user> <upn or object id>` / `/jit admin unmap <@user>`"
         " — tie a Slack user to an Entra ID user (admins)",
+        "• `/jit policy protect <vm>` / `/jit policy unprotect <vm>` — put or remove"
+        " jitbot's JIT deny rules (admins)",
+        "• `/jit scan` — which VMs are exposed, protected, closed or not applicable (admins)",
         "• `/jit help` — this text",
         "Durations look like `90m`, `2h`, `1h30m`; ports like `22` or `22,3389`.",
     ]
@@ -142,28 +154,7 @@ def approval_blocks(request: AccessRequest) -> list[dict[str, Any]]:
         }
     ]
     if request.status == RequestStatus.PENDING:
-        blocks.append(
-            {
-                "type": "actions",
-                "block_id": f"jit-req-{request.id}-actions",
-                "elements": [
-                    {
-                        "type": "button",
-                        "action_id": APPROVE_ACTION,
-                        "text": {"type": "plain_text", "text": "Approve"},
-                        "style": "primary",
-                        "value": str(request.id),
-                    },
-                    {
-                        "type": "button",
-                        "action_id": DENY_ACTION,
-                        "text": {"type": "plain_text", "text": "Deny"},
-                        "style": "danger",
-                        "value": str(request.id),
-                    },
-                ],
-            }
-        )
+        blocks.append(_decision_buttons(request))
     else:
         blocks.append(
             {
@@ -284,6 +275,118 @@ def list_text(requests: list[AccessRequest], now: datetime) -> str:
     return "\n".join(lines)
 
 
+MAX_STATUS_LINES = 50
+
+
+def status_text(vm_name: str, requests: list[AccessRequest], now: datetime) -> str:
+    """``/jit status``: each request open on the VM, its ports, source and time left."""
+    vm = escape(vm_name)
+    if not requests:
+        return f"Nothing is open on *{vm}* through jitbot right now."
+    lines = [f"*{vm}*: {_count(len(requests), 'request')} open now"]
+    for request in requests[:MAX_STATUS_LINES]:
+        line = (
+            f"• #{request.id} {mention(request.requester_id)}: port {request.ports}/"
+            f"{request.protocol} from `{escape(request.source_prefix)}`, {request.status}"
+        )
+        lines.append(line + _time_left(request, now))
+    if len(requests) > MAX_STATUS_LINES:
+        lines.append(f"…and {len(requests) - MAX_STATUS_LINES} more not shown.")
+    return "\n".join(lines)
+
+
+def extended_text(request: AccessRequest, by: str) -> str:
+    """The news of an extension, for the requester and the approval thread."""
+    assert request.ends_at is not None
+    return (
+        f":hourglass_flowing_sand: Access for request #{request.id} (port {request.ports} on "
+        f"*{escape(request.vm_name)}*) was extended by {mention(by)}; it is now open until "
+        f"{when(request.ends_at)}."
+    )
+
+
+def extended_ack(request: AccessRequest) -> str:
+    assert request.ends_at is not None
+    return f"Request #{request.id} is now open until {when(request.ends_at)}."
+
+
+def extension_too_long(request_id: int, limit: datetime, longest: timedelta) -> str:
+    """The refusal of an extension past the policy's maximum from when access opened."""
+    room = (
+        f"the longest extension now is {format_duration(longest)}"
+        if longest > timedelta(0)
+        else "it cannot be extended any further"
+    )
+    return (
+        f":no_entry: Request #{request_id} may stay open until {when(limit)} at most: that is "
+        f"the policy's maximum counted from when access opened, so {room}. For longer, make "
+        "a new request; extending past the maximum with a new approval is not supported."
+    )
+
+
+def expiring_text(request: AccessRequest, now: datetime) -> str:
+    assert request.ends_at is not None
+    minutes = max(1, round((request.ends_at - now).total_seconds() / 60))
+    return (
+        f":alarm_clock: Access for request #{request.id} (port {request.ports} on "
+        f"*{escape(request.vm_name)}* from `{escape(request.source_prefix)}`) expires in "
+        f"{minutes} min, at {when(request.ends_at, now)}."
+    )
+
+
+def expiring_blocks(
+    request: AccessRequest, extend_by: timedelta, now: datetime
+) -> list[dict[str, Any]]:
+    """The expiring-soon DM: when access ends, and an Extend button while the policy's
+    maximum leaves room."""
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "section",
+            "block_id": f"jit-expiring-{request.id}",
+            "text": {"type": "mrkdwn", "text": expiring_text(request, now)},
+        }
+    ]
+    if extend_by >= timedelta(minutes=1):
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": f"jit-expiring-{request.id}-actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": EXTEND_ACTION,
+                        "text": {
+                            "type": "plain_text",
+                            "text": f"Extend by {format_duration(extend_by)}",
+                        },
+                        "style": "primary",
+                        "value": str(request.id),
+                    }
+                ],
+            }
+        )
+    else:
+        blocks.append(
+            _context(
+                "That is the policy's maximum from when access opened; for longer, make a "
+                "new request."
+            )
+        )
+    return blocks
+
+
+def extended_blocks(request: AccessRequest) -> list[dict[str, Any]]:
+    """What an expiring-soon DM becomes once its Extend button worked."""
+    return [_mrkdwn_section(f":white_check_mark: {extended_ack(request)}")]
+
+
+def _time_left(request: AccessRequest, now: datetime) -> str:
+    if request.status != RequestStatus.ACTIVE or request.ends_at is None:
+        return ""
+    left = format_duration(request.ends_at - now)
+    return f", {left} left (until {when(request.ends_at, now)})"
+
+
 def revoked_ack(request_id: int) -> str:
     return f"Ending access for request #{request_id}; the rules are being removed."
 
@@ -307,6 +410,7 @@ FOLLOW_UP_MARK = ":hourglass_flowing_sand:"
 
 _OPERATION_VERBS = {
     "request": "request access to {vm}",
+    "extend": "extend access to {vm}",
     "approve": "approve requests for {vm}",
     "read": "see JIT requests for {vm}",
     "configure": "administer jitbot in this subscription",
@@ -512,3 +616,267 @@ def unmapped_text(user_id: str, removed: bool) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+# -- protection and scan (admins) -------------------------------------------------------
+
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3000
+SCAN_ORDER = ("exposed", "not applicable", "closed", "protected")
+_SCAN_ICONS = {
+    "exposed": ":rotating_light:",
+    "not applicable": ":grey_question:",
+    "closed": ":lock:",
+    "protected": ":shield:",
+}
+
+
+def protected_text(vm_name: str, created: tuple[str, ...], already: tuple[str, ...]) -> str:
+    lines = [f":shield: *{escape(vm_name)}* is protected by JIT deny rules."]
+    if created:
+        lines.append("Deny rules created in: " + ", ".join(f"`{escape(c)}`" for c in created))
+    if already:
+        lines.append("Already protected in: " + ", ".join(f"`{escape(a)}`" for a in already))
+    return "\n".join(lines)
+
+
+def unprotected_text(vm: str, removed: list[str]) -> str:
+    if not removed:
+        return f"No jitbot deny rule was found for *{escape(vm)}*; nothing changed."
+    nsgs = ", ".join(f"`{escape(n)}`" for n in removed)
+    return (
+        f":unlock: jitbot's JIT deny rules for *{escape(vm)}* are removed from {nsgs}. "
+        "No other rule was touched; its management ports are as open as those rules allow."
+    )
+
+
+def scan_started() -> str:
+    return (
+        ":mag: Scanning the subscription's VMs; the results are in your direct messages with "
+        "jitbot, updated as the scan goes."
+    )
+
+
+def scan_progress_text(done: int, total: int) -> str:
+    if total == 0:
+        return ":mag: Scanning the subscription's VMs for JIT exposure…"
+    return f":mag: Scanning the subscription's VMs for JIT exposure… {done}/{total} VMs checked."
+
+
+def scan_failed_text(reason: str) -> str:
+    return f":warning: The scan could not finish: {escape(reason)}"
+
+
+def scan_summary(results: list[Any]) -> str:
+    counts = {status: 0 for status in SCAN_ORDER}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+    return f"JIT exposure scan of {_count(len(results), 'VM')}: {parts}"
+
+
+def scan_blocks(results: list[Any]) -> list[dict[str, Any]]:
+    """The scan's outcome, grouped by classification, exposed first.
+
+    Lines are packed into sections of at most 3,000 characters and at most 50 blocks;
+    what does not fit is counted in a last line instead of being cut silently.
+    """
+    blocks: list[dict[str, Any]] = [_mrkdwn_section(f"*{scan_summary(results)}*")]
+    room = MAX_BLOCKS - 2
+    left_out = 0
+    for status in SCAN_ORDER:
+        group = [r for r in results if r.status == status]
+        if not group:
+            continue
+        title = f"{_SCAN_ICONS[status]} *{status.capitalize()}* ({len(group)})"
+        lines = [_scan_line(r) for r in group]
+        sections, rest = _pack(title, lines, room)
+        blocks.extend(_mrkdwn_section(text) for text in sections)
+        room -= len(sections)
+        left_out += rest
+    if left_out:
+        blocks.append(
+            _context(
+                f"{_count(left_out, 'more VM')} not shown here (Slack's message limits); "
+                "`jitbot scan` on the command line lists them all."
+            )
+        )
+    return blocks
+
+
+def _scan_line(result: Any) -> str:
+    return f"• `{escape(_clip(result.vm_name, 80))}` — {escape(_clip(result.reason, 300))}"
+
+
+def _pack(title: str, lines: list[str], room: int) -> tuple[list[str], int]:
+    """Sections of at most MAX_SECTION_TEXT characters, at most ``room`` of them; and how
+    many lines did not fit."""
+    if room <= 0:
+        return [], len(lines)
+    sections: list[str] = []
+    current = title
+    for index, line in enumerate(lines):
+        if len(current) + 1 + len(line) <= MAX_SECTION_TEXT:
+            current += "\n" + line
+            continue
+        sections.append(current)
+        if len(sections) >= room:
+            return sections, len(lines) - index
+        current = line
+    sections.append(current)
+    return sections, 0
+
+
+def _mrkdwn_section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- App Home ------------------------------------------------------------------------------
+
+HOME_MINE_LIMIT = 20
+"""At most this many of the user's own requests on the home tab (one block each)."""
+
+
+def home_view(
+    mine: list[AccessRequest], waiting: list[AccessRequest] | None, now: datetime
+) -> dict[str, Any]:
+    """The App Home tab: the user's open requests (End now on active ones) and, for
+    approvers (``waiting`` not None), the requests waiting for them with Approve and Deny.
+
+    At most 50 blocks; what does not fit is counted, pointing at ``/jit list``.
+    """
+    blocks: list[dict[str, Any]] = [_mrkdwn_section("*Your requests*")]
+    shown = mine[:HOME_MINE_LIMIT]
+    if not mine:
+        blocks.append(_context("You have no pending or active requests."))
+    blocks.extend(_home_mine(request, now) for request in shown)
+    if len(mine) > len(shown):
+        blocks.append(_context(f"…and {len(mine) - len(shown)} more; `/jit list` shows all."))
+    if waiting is not None:
+        blocks += [{"type": "divider"}, _mrkdwn_section("*Waiting for your approval*")]
+        room = (MAX_BLOCKS - len(blocks) - 1) // 2
+        if not waiting:
+            blocks.append(_context("Nothing is waiting for your approval."))
+        for request in waiting[:room]:
+            blocks += [_home_waiting(request), _decision_buttons(request)]
+        if len(waiting) > room:
+            blocks.append(_context(f"…and {len(waiting) - room} more in the approval channel."))
+    return {"type": "home", "blocks": blocks}
+
+
+def home_refused_view(text: str) -> dict[str, Any]:
+    return {"type": "home", "blocks": [_mrkdwn_section(_clip(text, MAX_SECTION_TEXT))]}
+
+
+def _home_mine(request: AccessRequest, now: datetime) -> dict[str, Any]:
+    line = (
+        f"#{request.id} *{escape(request.vm_name)}* port {request.ports}/{request.protocol} "
+        f"from `{escape(request.source_prefix)}`: {request.status}"
+    )
+    block = _mrkdwn_section(line + _time_left(request, now))
+    block["block_id"] = f"jit-home-mine-{request.id}"
+    if request.status == RequestStatus.ACTIVE:
+        block["accessory"] = {
+            "type": "button",
+            "action_id": END_NOW_ACTION,
+            "text": {"type": "plain_text", "text": "End now"},
+            "style": "danger",
+            "value": str(request.id),
+        }
+    return block
+
+
+def _home_waiting(request: AccessRequest) -> dict[str, Any]:
+    duration = format_duration(timedelta(seconds=request.duration_seconds))
+    reason = escape(_clip(request.reason, 300)) if request.reason else "_no reason given_"
+    text = (
+        f"#{request.id} {mention(request.requester_id)} asks for port {request.ports}/"
+        f"{request.protocol} on *{escape(request.vm_name)}* from "
+        f"`{escape(request.source_prefix)}` for {duration}: {reason}"
+    )
+    block = _mrkdwn_section(text)
+    block["block_id"] = f"jit-home-waiting-{request.id}"
+    return block
+
+
+def _decision_buttons(request: AccessRequest) -> dict[str, Any]:
+    return {
+        "type": "actions",
+        "block_id": f"jit-req-{request.id}-actions",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": APPROVE_ACTION,
+                "text": {"type": "plain_text", "text": "Approve"},
+                "style": "primary",
+                "value": str(request.id),
+            },
+            {
+                "type": "button",
+                "action_id": DENY_ACTION,
+                "text": {"type": "plain_text", "text": "Deny"},
+                "style": "danger",
+                "value": str(request.id),
+            },
+        ],
+    }
+
+
+# -- Deny with a reason -----------------------------------------------------------------------
+
+
+def deny_reason_view(request: AccessRequest, metadata: str) -> dict[str, Any]:
+    """The modal a Deny click opens: an optional reason, shown to the requester."""
+    return {
+        "type": "modal",
+        "callback_id": DENY_REASON_CALLBACK,
+        "private_metadata": metadata,
+        "title": {"type": "plain_text", "text": "Deny request"},
+        "submit": {"type": "plain_text", "text": "Deny"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            _mrkdwn_section(
+                f"Deny request #{request.id} of {mention(request.requester_id)} for port "
+                f"{request.ports}/{request.protocol} on *{escape(request.vm_name)}*? "
+                "Nothing will be opened."
+            ),
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK,
+                "optional": True,
+                "label": {"type": "plain_text", "text": "Reason (optional)"},
+                "hint": {
+                    "type": "plain_text",
+                    "text": "Shown to the requester and on the approval message.",
+                },
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_INPUT,
+                    "multiline": True,
+                    "max_length": MAX_DENY_REASON,
+                },
+            },
+        ],
+    }
+
+
+def denied_without_reason(request_id: int) -> str:
+    return (
+        f"Request #{request_id} is denied, without a reason: Slack's form for one expired "
+        "before it could open."
+    )
+
+
+def deny_form_failed(request_id: int) -> str:
+    return (
+        f":warning: jitbot could not open the form to deny request #{request_id}; nothing "
+        "changed. Click Deny again."
+    )

@@ -10,13 +10,14 @@ logged, and never stop the DM or repeat it.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import messages
-from jitcore.model import AccessRequest, Grant
+from jitcore.model import AccessRequest, Grant, RequestStatus
 from jitcore.notify import Posted, RestoreReport
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,27 @@ class SlackNotifier:
     def request_expired_unapproved(self, request: AccessRequest) -> None:
         self._direct(request, messages.expired_unapproved_text(request))
         self._best_effort(self._update_approval_message, request)
+
+    def request_extended(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        self._tell_everyone(request, messages.extended_text(request, str(args.get("by", ""))))
+
+    def request_expiring(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        """DM the requester that access ends soon, with an Extend button; a warning that
+        is no longer true (the request was extended or ended meanwhile) is dropped."""
+        ends_at = request.ends_at
+        if request.status != RequestStatus.ACTIVE or ends_at is None:
+            return
+        if ends_at.isoformat() != args.get("ends_at"):
+            return
+        now = datetime.now(UTC)
+        extend_by = timedelta(seconds=float(args.get("extend_by_seconds") or 0))
+        opened = self.client.conversations_open(users=request.requester_id)
+        self.client.chat_postMessage(
+            channel=opened["channel"]["id"],
+            text=messages.expiring_text(request, now),
+            blocks=messages.expiring_blocks(request, extend_by, now),
+            unfurl_links=False,
+        )
 
     def drift_detected(self, channel: str, findings: list[str]) -> None:
         self.client.chat_postMessage(

@@ -73,6 +73,11 @@ class Settings(DatabaseSettings):
     reconcile_interval_seconds: float = Field(default=300.0, gt=0)
     lease_seconds: float = Field(default=300.0, gt=0)
     pending_timeout_seconds: float = Field(default=3600.0, gt=0)
+    expiry_warning_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="how long before its end a grant's requester is warned; 0: never",
+    )
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     metrics_token: SecretStr | None = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -11,7 +13,7 @@ from typing import Any
 from sqlalchemy import delete, event, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel, col, create_engine, select
+from sqlmodel import Session, col, create_engine, select
 
 from jitcore.model import (
     AccessRequest,
@@ -35,17 +37,39 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            _set_wal(cursor)
+            cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+def _set_wal(cursor: Any) -> None:
+    """Switch a SQLite file to write-ahead logging, so readers do not block the writer.
+
+    Switching needs a moment alone with the file, and SQLite does not wait for it the way
+    it waits for other locks, so processes starting together retry briefly.
+    """
+    for _ in range(100):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.05)
+    cursor.execute("PRAGMA journal_mode=WAL")
+
+
 def create_schema(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
+    """Bring the database to the current schema by running the migrations (see
+    ``jitcore.migrations``): a fresh database gets every revision, an older one the
+    revisions it lacks, and one made before migrations is recognised and adopted."""
+    from jitcore.migrations import upgrade
+
+    upgrade(engine)
 
 
 class Store:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from sqlalchemy import update
 from sqlmodel import col, select
 
 from jitcore.azure.firewall import (
@@ -38,6 +39,7 @@ from jitcore.azure.firewall import (
 )
 from jitcore.azure.inventory import VmNetwork
 from jitcore.db import Store
+from jitcore.durations import format_duration
 from jitcore.errors import (
     CloudError,
     JitError,
@@ -62,6 +64,7 @@ from jitcore.planner import (
     AllowSpec,
     Rule,
     differences,
+    parse_allow_description,
     plan_allow,
     rule_description,
 )
@@ -76,6 +79,28 @@ EXPIRY_EARLY_TOLERANCE = 2.0
 """Seconds an expiry job may fire before the end; it then waits rather than skipping."""
 LIVE_STATUSES = (RequestStatus.OPENING, RequestStatus.ACTIVE, RequestStatus.CLOSING)
 PRIORITY_CONFLICT_CODES = frozenset({"SecurityRuleConflict", "SecurityRuleParameterConflict"})
+EXTEND_LEASE_TRIES = 25
+EXTEND_LEASE_WAIT = 0.2
+"""An extension waits up to 5 seconds for another worker (opening, sweeping) to let go."""
+EXTEND_BUTTON_STEP = timedelta(minutes=30)
+"""How much later the Extend button of an expiry warning moves the end (capped)."""
+NOTICES_WITH_ARGS = frozenset({"request_extended", "request_expiring"})
+"""Notices whose notifier method takes the notice's arguments besides the request."""
+
+
+class ExtensionTooLong(RequestRejected):
+    """An extension would keep access open past the policy's maximum, counted from when
+    access opened (Defender's cap). Going further needs a new request and approval."""
+
+    def __init__(self, request_id: int, limit: datetime, longest: timedelta) -> None:
+        super().__init__(
+            f"request #{request_id} may stay open until {limit:%Y-%m-%d %H:%M:%S} UTC at most, "
+            "the policy's maximum from when access opened; the longest extension now is "
+            f"{format_duration(longest)}. Going further needs a new request and approval"
+        )
+        self.request_id = request_id
+        self.limit = limit
+        self.longest = longest
 
 
 class NetworkCloud(Protocol):
@@ -261,6 +286,8 @@ class Engine:
             self.notifier.request_failed(request, str(note.args.get("reason", "")))
         elif note.event == "request_closed":
             self.notifier.request_closed(request, RestoreReport.from_json(note.args))
+        elif note.event in NOTICES_WITH_ARGS:
+            getattr(self.notifier, note.event)(request, dict(note.args))
         else:
             getattr(self.notifier, note.event)(request)
 
@@ -280,70 +307,55 @@ class Engine:
 
     def approve(self, request_id: int, approver_id: str) -> AccessRequest:
         """Approve a pending request and open access. Raises NotAuthorized or StateConflict."""
-        request = self._require(request_id)
-        try:
-            self.authorize_decision(request, approver_id)
-        except NotAuthorized as exc:
-            self.store.audit("decision_refused", approver_id, request_id, reason=exc.message)
-            raise
-        decided = self.store.transition(
-            request_id,
-            (RequestStatus.PENDING,),
-            RequestStatus.APPROVED,
-            notify=("request_approved", {}),
-            audit=("approved", approver_id, {}),
-            decided_at=self.clock(),
-            decided_by=approver_id,
-        )
-        if not decided:
-            current = self._require(request_id)
-            self.store.audit(
-                "decision_refused", approver_id, request_id, reason=f"already {current.status}"
-            )
-            raise StateConflict(
-                f"request #{request_id} was already {current.status}",
-                current.status,
-                current.decided_by,
-            )
-        log.info("request %s approved by %s", request_id, approver_id)
-        approved = self._require(request_id)
-        self.observer.request_event("approved", approved)
-        self.deliver(request_id)
+        self._decide(request_id, approver_id, RequestStatus.APPROVED, "approved")
         self.open(request_id)
         return self._require(request_id)
 
     def deny(self, request_id: int, approver_id: str, note: str = "") -> AccessRequest:
+        """Deny a pending request; nothing in the cloud is touched."""
+        return self._decide(
+            request_id, approver_id, RequestStatus.DENIED, "denied", note=note or None
+        )
+
+    def _decide(
+        self, request_id: int, actor_id: str, outcome: str, action: str, note: str | None = None
+    ) -> AccessRequest:
+        """Record one decision on a pending request, once, by someone allowed to make it.
+
+        A refusal (not allowed, or already decided) is audited and raised.
+        """
         request = self._require(request_id)
         try:
-            self.authorize_decision(request, approver_id)
+            self.authorize_decision(request, actor_id)
         except NotAuthorized as exc:
-            self.store.audit("decision_refused", approver_id, request_id, reason=exc.message)
+            self.store.audit("decision_refused", actor_id, request_id, reason=exc.message)
             raise
+        detail = {"note": note} if note else {}
         decided = self.store.transition(
             request_id,
             (RequestStatus.PENDING,),
-            RequestStatus.DENIED,
-            notify=("request_denied", {}),
-            audit=("denied", approver_id, {"note": note}),
+            outcome,
+            notify=(f"request_{action}", {}),
+            audit=(action, actor_id, detail),
             decided_at=self.clock(),
-            decided_by=approver_id,
-            decision_note=note or None,
+            decided_by=actor_id,
+            decision_note=note,
         )
         if not decided:
             current = self._require(request_id)
             self.store.audit(
-                "decision_refused", approver_id, request_id, reason=f"already {current.status}"
+                "decision_refused", actor_id, request_id, reason=f"already {current.status}"
             )
             raise StateConflict(
                 f"request #{request_id} was already {current.status}",
                 current.status,
                 current.decided_by,
             )
-        log.info("request %s denied by %s", request_id, approver_id)
+        log.info("request %s %s by %s", request_id, action, actor_id)
+        decided_request = self._require(request_id)
+        self.observer.request_event(action, decided_request)
         self.deliver(request_id)
-        denied = self._require(request_id)
-        self.observer.request_event("denied", denied)
-        return denied
+        return decided_request
 
     # -- opening -----------------------------------------------------------------------
 
@@ -516,11 +528,19 @@ class Engine:
                 later,
             )
         )
+        shared_rule = {**twin.rule, "description": description}
+        now = self.clock()
         if properties.get("description") != description:
+            with self.store.session() as session:
+                stored = session.get(Grant, twin.id)
+                assert stored is not None
+                stored.rule = shared_rule
+                stored.updated_at = now
+                session.add(stored)
+                session.commit()
             wanted = {k: v for k, v in properties.items() if k not in ("provisioningState",)}
             wanted["description"] = description
             self.cloud.create_rule(nsg_id, twin.rule_name, wanted)
-        now = self.clock()
         with self.store.session() as session:
             session.add(
                 Grant(
@@ -529,7 +549,7 @@ class Engine:
                     rule_name=twin.rule_name,
                     priority=twin.priority,
                     state=GrantState.PRESENT,
-                    rule=twin.rule,
+                    rule=shared_rule,
                     baseline=twin.baseline,
                     created_at=now,
                     updated_at=now,
@@ -707,6 +727,294 @@ class Engine:
         )
         self.observer.request_event("failed", request)
         self.deliver(request.id)
+
+    # -- extending ---------------------------------------------------------------------
+
+    def authorize_extension(self, request: AccessRequest, actor_id: str) -> None:
+        """Raise NotAuthorized unless ``actor_id`` is the requester or an approver."""
+        if actor_id != request.requester_id and actor_id not in self.approvers_of(request):
+            raise NotAuthorized(f"there is no request #{request.id} that you requested or approve")
+
+    def extension_limit(self, request: AccessRequest) -> datetime:
+        """The latest end the policy allows: when access opened plus the shortest maximum
+        duration of the request's ports."""
+        policy = self.policies.by_name(request.policy_name)
+        rules = [policy.port_rule(p) for p in request.port_list] if policy else []
+        maximums = [rule.max_duration for rule in rules if rule is not None]
+        if request.opened_at is None or not maximums or len(maximums) != len(rules):
+            raise RequestRejected(
+                f"the policy no longer covers the ports of request #{request.id}; "
+                "make a new request"
+            )
+        return request.opened_at + min(maximums)
+
+    def extension_step(self, request: AccessRequest, step: timedelta) -> timedelta | None:
+        """How much later ``step`` can move the end within the policy's limit, or None
+        when there is no room left (the Extend button's label)."""
+        if request.ends_at is None:
+            return None
+        try:
+            limit = self.extension_limit(request)
+        except RequestRejected:
+            return None
+        room = min(request.ends_at + step, limit) - request.ends_at
+        return room if room > timedelta(0) else None
+
+    def extend(self, request_id: int, actor_id: str, duration: timedelta) -> AccessRequest:
+        """Keep an active request open until now + ``duration`` (``/jit extend``).
+
+        The requester or an approver may extend, within the policy's maximum counted from
+        when access opened. The new end and the rules' new descriptions are stored first
+        (a compare-and-set on the row, with the audit line and the notice); then each
+        allow rule of jitbot's is written again with the new end in its description, and
+        the expiry is rescheduled.
+        """
+        return self._extend(request_id, actor_id, lambda _request: self.clock() + duration)
+
+    def extend_by_step(self, request_id: int, actor_id: str, step: timedelta) -> AccessRequest:
+        """Move the end ``step`` later, capped at the policy's limit (the Extend button)."""
+
+        def target(request: AccessRequest) -> datetime:
+            assert request.ends_at is not None and request.id is not None
+            limit = self.extension_limit(request)
+            if request.ends_at >= limit:
+                raise ExtensionTooLong(request.id, limit, timedelta(0))
+            return min(request.ends_at + step, limit)
+
+        return self._extend(request_id, actor_id, target)
+
+    def _extend(
+        self, request_id: int, actor_id: str, target: Callable[[AccessRequest], datetime]
+    ) -> AccessRequest:
+        request = self._require(request_id)
+        try:
+            self.authorize_extension(request, actor_id)
+            self._check_extension(request, target)
+        except JitError as exc:
+            self.store.audit("extend_refused", actor_id, request_id, reason=exc.message)
+            raise
+        for _ in range(EXTEND_LEASE_TRIES):
+            with self._exclusive(request_id) as mine:
+                if mine:
+                    new_end = self._apply_extension(request_id, actor_id, target)
+                    break
+            time.sleep(EXTEND_LEASE_WAIT)
+        else:
+            raise StateConflict(
+                f"request #{request_id} is being changed right now; try again in a moment",
+                request.status,
+            )
+        extended = self._require(request_id)
+        log.info("request %s extended by %s until %s", request_id, actor_id, new_end)
+        if self.on_active is not None:
+            self.on_active(extended)
+        self.deliver(request_id)
+        return extended
+
+    def _apply_extension(
+        self, request_id: int, actor_id: str, target: Callable[[AccessRequest], datetime]
+    ) -> datetime:
+        """Under the request's lease: check again against the row as it is now, then
+        store the extension and rewrite the rules."""
+        request = self._require(request_id)
+        new_end = self._check_extension(request, target)
+        writes = self._record_extension(request, new_end, actor_id)
+        self._rewrite_rules(request_id, writes)
+        return new_end
+
+    def _check_extension(
+        self, request: AccessRequest, target: Callable[[AccessRequest], datetime]
+    ) -> datetime:
+        """The new end, or the reason there is none."""
+        now = self.clock()
+        if request.status != RequestStatus.ACTIVE or request.ends_at is None:
+            raise StateConflict(
+                f"request #{request.id} is {request.status}; only active access can be extended",
+                request.status,
+            )
+        if request.ends_at <= now:
+            raise StateConflict(f"request #{request.id} is ending now", request.status)
+        assert request.id is not None
+        new_end = target(request)
+        limit = self.extension_limit(request)
+        if new_end > limit:
+            raise ExtensionTooLong(request.id, limit, max(limit - now, timedelta(0)))
+        if new_end <= request.ends_at:
+            raise RequestRejected(
+                f"request #{request.id} is already open until "
+                f"{request.ends_at:%Y-%m-%d %H:%M:%S} UTC, later than that; "
+                f"`/jit revoke {request.id}` ends it early"
+            )
+        return new_end
+
+    def _record_extension(
+        self, request: AccessRequest, new_end: datetime, actor_id: str
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Store the new end (if the row is unchanged since read) with the rules' new
+        descriptions, the audit line and the notice; return the rule writes to make."""
+        assert request.id is not None and request.ends_at is not None
+        rows, writes = self._redescribed(request, new_end)
+        now = self.clock()
+        statement = (
+            update(AccessRequest)
+            .where(col(AccessRequest.id) == request.id)
+            .where(col(AccessRequest.status) == RequestStatus.ACTIVE)
+            .where(col(AccessRequest.row_version) == request.row_version)
+            .values(ends_at=new_end, row_version=AccessRequest.row_version + 1)
+        )
+        ends = {"previous_end": request.ends_at.isoformat(), "ends_at": new_end.isoformat()}
+        with self.store.session() as session:
+            if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                current = self._require(request.id)
+                raise StateConflict(
+                    f"request #{request.id} changed meanwhile (now {current.status}); try again",
+                    current.status,
+                )
+            for grant_id, rule in rows:
+                row = session.get(Grant, grant_id)
+                if row is not None:
+                    row.rule = rule
+                    row.updated_at = now
+                    session.add(row)
+            session.add(
+                self.store.notification(request.id, "request_extended", {"by": actor_id, **ends})
+            )
+            session.add(
+                AuditEvent(
+                    at=now, request_id=request.id, actor=actor_id, action="extended", detail=ends
+                )
+            )
+            session.commit()
+        return writes
+
+    def _redescribed(
+        self, request: AccessRequest, new_end: datetime
+    ) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[str, str, dict[str, Any]]]]:
+        """jitbot's allow rules of a request with the new end in their description: the
+        grant rows to update (every live grant sharing a rule) and the rules to write.
+
+        A shared rule keeps the id of the request that created it, and the latest end of
+        the live requests sharing it.
+        """
+        rows: list[tuple[int, dict[str, Any]]] = []
+        writes: list[tuple[str, str, dict[str, Any]]] = []
+        assert request.id is not None
+        for grant in self.grants_of(request.id):
+            if grant.kind != "nsg" or grant.state != GrantState.PRESENT:
+                continue
+            if not grant.rule_name.lower().startswith(ALLOW_PREFIX):
+                continue
+            sharers = self._sharers(grant)
+            end = max([new_end, *(r.ends_at for _, r in sharers if r.ends_at is not None)])
+            parsed = parse_allow_description(str(grant.rule.get("description", "")))
+            owner = parsed[0] if parsed else request.id
+            spec = AllowSpec(owner, request.vm_name, "", "", (), request.protocol, end)
+            rule = {**grant.rule, "description": rule_description(spec)}
+            owners = [grant, *(g for g, _ in sharers)]
+            rows.extend((g.id, rule) for g in owners if g.id is not None)
+            writes.append((grant.nsg_id, grant.rule_name, rule))
+        return rows, writes
+
+    def _sharers(self, grant: Grant) -> list[tuple[Grant, AccessRequest]]:
+        """Other live requests' grants on the same rule in the same NSG."""
+        with self.store.session() as session:
+            query = (
+                select(Grant, AccessRequest)
+                .join(AccessRequest, col(Grant.request_id) == col(AccessRequest.id))
+                .where(Grant.state == GrantState.PRESENT)
+                .where(Grant.rule_name == grant.rule_name)
+                .where(Grant.id != grant.id)
+                .where(col(AccessRequest.status).in_((RequestStatus.OPENING, RequestStatus.ACTIVE)))
+            )
+            return [
+                (g, r) for g, r in session.exec(query) if g.nsg_id.lower() == grant.nsg_id.lower()
+            ]
+
+    def _rewrite_rules(
+        self, request_id: int, writes: list[tuple[str, str, dict[str, Any]]]
+    ) -> None:
+        """Write jitbot's rules again with their new description.
+
+        A failure leaves the rule with its old description, which the database no longer
+        matches; reconcile writes it again from the database, so it is logged, not raised.
+        """
+        for nsg_id, name, rule in writes:
+            try:
+                with self.cloud.lock_for(nsg_id):
+                    self.cloud.create_rule(nsg_id, name, rule)
+            except CloudError as exc:
+                log.warning(
+                    "request %s: could not update the description of %s in %s (%s); "
+                    "reconcile writes it again",
+                    request_id,
+                    name,
+                    nsg_id,
+                    exc.code,
+                )
+                self.store.audit(
+                    "rule_update_failed",
+                    SYSTEM_ACTOR,
+                    request_id,
+                    nsg=nsg_id,
+                    rule=name,
+                    code=exc.code,
+                )
+                continue
+            self.store.audit("rule_updated", SYSTEM_ACTOR, request_id, nsg=nsg_id, rule=name)
+
+    # -- warning before the end --------------------------------------------------------
+
+    def warn_expiring(self, lead: timedelta) -> int:
+        """Queue an "expiring soon" notice for each active request ending within ``lead``.
+
+        Once per end: a ``request_expiring`` notice naming the current end means warned,
+        so an extended request is warned again before its new end. Grants no longer than
+        ``lead`` are not warned (the grant message already said when they end). Returns
+        how many warnings were queued.
+        """
+        now = self.clock()
+        queued = 0
+        for request in self.store.requests_with_status(
+            (RequestStatus.ACTIVE,), ends_before=now + lead
+        ):
+            assert request.id is not None
+            if request.ends_at is None or request.opened_at is None or request.ends_at <= now:
+                continue
+            if request.ends_at - request.opened_at <= lead:
+                continue
+            with self._exclusive(request.id) as mine:
+                if not (mine and self._queue_warning(request.id)):
+                    continue
+            queued += 1
+            self.deliver(request.id)
+        return queued
+
+    def _queue_warning(self, request_id: int) -> bool:
+        """Under the request's lease, so that of several replicas one warns."""
+        request = self._require(request_id)
+        if request.status != RequestStatus.ACTIVE or request.ends_at is None:
+            return False
+        ends_at = request.ends_at.isoformat()
+        for note in self.store.notifications(request_id):
+            if note.event == "request_expiring" and note.args.get("ends_at") == ends_at:
+                return False
+        room = self.extension_step(request, EXTEND_BUTTON_STEP)
+        args = {"ends_at": ends_at, "extend_by_seconds": room.total_seconds() if room else 0.0}
+        with self.store.session() as session:
+            session.add(self.store.notification(request_id, "request_expiring", args))
+            session.add(
+                AuditEvent(
+                    at=self.clock(),
+                    request_id=request_id,
+                    actor=SYSTEM_ACTOR,
+                    action="expiry_warned",
+                    detail=args,
+                )
+            )
+            session.commit()
+        log.info("request %s: warned that it ends at %s", request_id, ends_at)
+        return True
 
     # -- closing -----------------------------------------------------------------------
 
@@ -973,6 +1281,11 @@ class Engine:
                 .order_by(col(AccessRequest.id))
             )
             return list(session.exec(query))
+
+    def requests_on(self, vm_name: str, statuses: tuple[str, ...]) -> list[AccessRequest]:
+        """Requests of anyone for one VM (its name compared case-insensitively)."""
+        wanted = vm_name.lower()
+        return [r for r in self.store.requests_with_status(statuses) if r.vm_name.lower() == wanted]
 
     def policy_for(self, vm: str) -> Policy:
         return find_policy(self.policies.policies, vm)

@@ -60,6 +60,10 @@ class Notifier(Protocol):
 
     def request_expired_unapproved(self, request: AccessRequest) -> None: ...
 
+    def request_extended(self, request: AccessRequest, args: dict[str, Any]) -> None: ...
+
+    def request_expiring(self, request: AccessRequest, args: dict[str, Any]) -> None: ...
+
 
 class NullNotifier:
     """Tells nobody; for tools and tests that only care about the cloud side."""
@@ -83,4 +87,10 @@ class NullNotifier:
         return None
 
     def request_expired_unapproved(self, request: AccessRequest) -> None:
+        return None
+
+    def request_extended(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        return None
+
+    def request_expiring(self, request: AccessRequest, args: dict[str, Any]) -> None:
         return None

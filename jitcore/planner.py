@@ -280,9 +280,7 @@ def deny_description(vm_name: str) -> str:
     return f"jitbot: JIT deny for {vm_name}"[:MAX_DESCRIPTION]
 
 
-def plan_deny(
-    rules: Sequence[Rule], vm_name: str, destination: str, ports: Sequence[int]
-) -> Rule:
+def plan_deny(rules: Sequence[Rule], vm_name: str, destination: str, ports: Sequence[int]) -> Rule:
     """The JIT deny rule protecting ``ports`` of a VM in an NSG holding ``rules``.
 
     Rules that already decide traffic to those ports on this VM (other than jitbot's own)

@@ -85,3 +85,5 @@ def _reset(engine: Engine) -> None:
     import jitcore.model  # noqa: F401  (registers the tables)
 
     SQLModel.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))

@@ -28,18 +28,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from azure.core.exceptions import HttpResponseError
 from azure.mgmt.network.models import AzureFirewall
 
 from jitcore.azure.clients import (
     NETWORK_API_VERSION,
     AzureTarget,
     as_json,
-    cloud_error,
     network_client,
     parse_resource_id,
 )
-from jitcore.azure.nsg import RETRYABLE_CODES, RETRYABLE_STATUS
+from jitcore.azure.retry import Retrier
 from jitcore.errors import CloudError, PlacementError
 
 log = logging.getLogger(__name__)
@@ -159,10 +157,8 @@ class FirewallGateway:
     ) -> None:
         self._client = network_client(target)
         self._polling_interval = target.polling_interval
-        self._attempts = attempts
-        self._backoff = backoff
+        self._retrier = Retrier(attempts=attempts, backoff=backoff, sleep=sleep)
         self._rereads = rereads
-        self._sleep = sleep
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
 
@@ -275,7 +271,7 @@ class FirewallGateway:
             )
             return as_json(firewall)
 
-        return self._with_retries(read, f"read the firewall {parts['name']}")
+        return self._retrier.run(read, f"read the firewall {parts['name']}")
 
     def _write(self, firewall_id: str, body: dict[str, Any], etag: str | None, doing: str) -> bool:
         """PUT the whole firewall if it still has ``etag``; False when it no longer had it."""
@@ -296,7 +292,7 @@ class FirewallGateway:
             poller.result()
 
         try:
-            self._with_retries(write, f"{doing} on {parts['name']}")
+            self._retrier.run(write, f"{doing} on {parts['name']}")
         except CloudError as exc:
             if exc.status == 412:
                 log.debug("%s: ETag %s is stale", parts["name"], etag)
@@ -338,35 +334,7 @@ class FirewallGateway:
             )
             return as_json(pip).get("properties", {}).get("ipAddress")
 
-        return self._with_retries(read, f"read the public IP address {parts['name']}")
-
-    def _with_retries(self, call: Callable[[], T], doing: str) -> T:
-        """Run ``call``, retrying what Azure says is temporary, with capped backoff.
-
-        As in NsgGateway: azure-core retries 429 and 5xx of plain requests on its own; this
-        loop adds 409 AnotherOperationInProgress and failures seen while polling an operation.
-        """
-        for attempt in range(1, self._attempts + 1):
-            try:
-                return call()
-            except HttpResponseError as exc:
-                code = getattr(getattr(exc, "error", None), "code", None)
-                retryable = code in RETRYABLE_CODES or exc.status_code in RETRYABLE_STATUS
-                if exc.status_code == 409 and code not in RETRYABLE_CODES:
-                    retryable = False
-                if not retryable or attempt == self._attempts:
-                    raise cloud_error(exc, doing) from exc
-                delay = _retry_after(exc) or min(self._backoff * 2 ** (attempt - 1), 10.0)
-                log.warning(
-                    "Azure answered %s %s while trying to %s; retry %d in %.1fs",
-                    exc.status_code,
-                    code,
-                    doing,
-                    attempt,
-                    delay,
-                )
-                self._sleep(delay)
-        raise CloudError(f"gave up trying to {doing}")  # pragma: no cover
+        return self._retrier.run(read, f"read the public IP address {parts['name']}")
 
 
 # ---------------------------------------------------------------------- the changes, pure
@@ -528,14 +496,3 @@ def _policy_id(firewall: dict[str, Any]) -> str | None:
 
 def _name_of(firewall_id: str) -> str:
     return parse_resource_id(firewall_id)["name"]
-
-
-def _retry_after(exc: HttpResponseError) -> float | None:
-    response = getattr(exc, "response", None)
-    if response is None:
-        return None
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

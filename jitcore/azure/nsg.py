@@ -14,31 +14,25 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 
 from jitcore.azure.clients import (
     NETWORK_API_VERSION,
     AzureTarget,
     as_json,
-    cloud_error,
     network_client,
 )
 from jitcore.azure.clients import parse_resource_id as _parts
-from jitcore.errors import CloudError
-from jitcore.observe import NULL_OBSERVER, Observer
+from jitcore.azure.retry import Retrier
+from jitcore.observe import Observer
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-RETRYABLE_CODES = frozenset({"AnotherOperationInProgress", "RetryableError", "Conflict"})
-RETRYABLE_STATUS = frozenset({409, 429, 500, 502, 503, 504})
-
 
 class NsgGateway:
     """The NSG operations the engine needs, against one subscription."""
-
-    observer: Observer = NULL_OBSERVER
 
     def __init__(
         self,
@@ -49,11 +43,17 @@ class NsgGateway:
     ) -> None:
         self._client = network_client(target)
         self._polling_interval = target.polling_interval
-        self._attempts = attempts
-        self._backoff = backoff
-        self._sleep = sleep
+        self._retrier = Retrier(attempts=attempts, backoff=backoff, sleep=sleep)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+
+    @property
+    def observer(self) -> Observer:
+        return self._retrier.observer
+
+    @observer.setter
+    def observer(self, observer: Observer) -> None:
+        self._retrier.observer = observer
 
     def close(self) -> None:
         self._client.close()
@@ -73,7 +73,7 @@ class NsgGateway:
             )
             return as_json(nsg).get("properties", {}).get("securityRules", [])
 
-        return self._with_retries(read, f"read the NSG {parts['name']}")
+        return self._retrier.run(read, f"read the NSG {parts['name']}")
 
     def create_rule(self, nsg_id: str, name: str, properties: dict[str, Any]) -> dict[str, Any]:
         """PUT one rule and follow the long-running operation to its end."""
@@ -90,7 +90,7 @@ class NsgGateway:
             )
             return as_json(poller.result())
 
-        return self._with_retries(write, f"create the rule {name} in {parts['name']}")
+        return self._retrier.run(write, f"create the rule {name} in {parts['name']}")
 
     def delete_rule(self, nsg_id: str, name: str) -> None:
         """DELETE one rule and follow the operation; a rule already gone counts as deleted."""
@@ -109,7 +109,7 @@ class NsgGateway:
             except ResourceNotFoundError:
                 log.info("rule %s was already gone from %s", name, parts["name"])
 
-        self._with_retries(remove, f"delete the rule {name} from {parts['name']}")
+        self._retrier.run(remove, f"delete the rule {name} from {parts['name']}")
 
     def get_rule(self, nsg_id: str, name: str) -> dict[str, Any] | None:
         parts = _parts(nsg_id)
@@ -123,45 +123,4 @@ class NsgGateway:
                 return None
             return as_json(rule)
 
-        return self._with_retries(read, f"read the rule {name} in {parts['name']}")
-
-    def _with_retries(self, call: Callable[[], T], doing: str) -> T:
-        """Run ``call``, retrying what Azure says is temporary, with capped backoff.
-
-        429 and 5xx are already retried by azure-core's RetryPolicy for plain requests;
-        this loop also covers 409 AnotherOperationInProgress and failures reported while
-        polling a long-running operation, which azure-core does not retry.
-        """
-        for attempt in range(1, self._attempts + 1):
-            try:
-                return call()
-            except HttpResponseError as exc:
-                code = getattr(getattr(exc, "error", None), "code", None)
-                retryable = code in RETRYABLE_CODES or exc.status_code in RETRYABLE_STATUS
-                if exc.status_code == 409 and code not in RETRYABLE_CODES:
-                    retryable = False
-                if not retryable or attempt == self._attempts:
-                    raise cloud_error(exc, doing) from exc
-                delay = _retry_after(exc) or min(self._backoff * 2 ** (attempt - 1), 10.0)
-                log.warning(
-                    "Azure answered %s %s while trying to %s; retry %d in %.1fs",
-                    exc.status_code,
-                    code,
-                    doing,
-                    attempt,
-                    delay,
-                )
-                self.observer.arm_retry(exc.status_code, code)
-                self._sleep(delay)
-        raise CloudError(f"gave up trying to {doing}")  # pragma: no cover
-
-
-def _retry_after(exc: HttpResponseError) -> float | None:
-    response = getattr(exc, "response", None)
-    if response is None:
-        return None
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+        return self._retrier.run(read, f"read the rule {name} in {parts['name']}")

@@ -9,7 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot.messages import FOLLOW_UP_MARK
+from bot.messages import (
+    DENY_REASON_CALLBACK,
+    FOLLOW_UP_MARK,
+    REASON_BLOCK,
+    REASON_INPUT,
+)
 from bot.sandbox import SandboxStack
 from jitcore.model import AccessRequest
 from sandbox.slack import sender
@@ -93,6 +98,31 @@ class Driver:
             user_id=user,
             message_ts=ts,
             response_url=self.stack.slack.response_url("click"),
+        )
+        status, _headers, _text = sender.post(self.events_url, body, self.stack.signing_secret)
+        return status
+
+    def deny(self, request_id: int, user: str = APPROVER, reason: str = "") -> int:
+        """Click Deny, wait for the reason form it opens, and submit it; return the HTTP
+        status of the submission."""
+        opened = len(self.stack.slack.calls("views.open"))
+        assert self.click("jit_deny", request_id, user=user) == 200
+        [form] = wait_until(
+            lambda: self.stack.slack.calls("views.open")[opened:], what="the deny form"
+        )
+        metadata = form["args"]["view"]["private_metadata"]
+        return self.submit_deny_reason(request_id, user, reason, metadata)
+
+    def submit_deny_reason(
+        self, request_id: int, user: str = APPROVER, reason: str = "", metadata: str | None = None
+    ) -> int:
+        """Submit the deny form of ``request_id`` as ``user`` would (view_submission)."""
+        metadata = metadata or json.dumps({"request_id": request_id, "channel": APPROVAL_CHANNEL})
+        body = sender.view_submission_body(
+            DENY_REASON_CALLBACK,
+            {REASON_BLOCK: {REASON_INPUT: reason}},
+            user_id=user,
+            private_metadata=metadata,
         )
         status, _headers, _text = sender.post(self.events_url, body, self.stack.signing_secret)
         return status

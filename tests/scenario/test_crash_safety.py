@@ -45,7 +45,7 @@ def submit(driver: Driver, text: str) -> int:
     status, reply = driver.command(text)
     assert status == 200 and "Request #" in reply["text"], reply
     request_id = int(reply["text"].split("#", 1)[1].split()[0])
-    wait_until(lambda: driver.request(request_id).approval_ts, what="the approval message")
+    wait_until(lambda: driver.request(request_id).approval_ts, timeout=30, what="approval")
     return request_id
 
 
@@ -77,10 +77,11 @@ def test_a_kill_while_opening_leaves_nothing_open_and_tells_the_requester_once(
     if step == "during-the-operation":
         wait_until(
             lambda: any(r["method"] == "PUT" and r["status"] == 201 for r in world.arm.requests()),
+            timeout=30,
             what="the PUT to be accepted",
         )
     else:
-        wait_until(lambda: world.arm.stalls_seen >= 1, what="the PUT to be held")
+        wait_until(lambda: world.arm.stalls_seen >= 1, timeout=30, what="the PUT to be held")
     first.kill()
     assert world.request(request_id).status == RequestStatus.OPENING
 
@@ -116,11 +117,13 @@ def test_a_kill_while_closing_still_closes_and_tells_the_requester_once(
 ) -> None:
     first = world.start_bot("first")
     driver = Driver(Endpoint(world, first))  # type: ignore[arg-type]
-    duration = "3s" if ending == "expiry" else "1h"
+    duration = "8s" if ending == "expiry" else "1h"
     request_id = submit(driver, f"request vm-web01 22 {duration} from 203.0.113.7")
     driver.click("jit_approve", request_id)
-    wait_until(lambda: world.request(request_id).status == RequestStatus.ACTIVE, what="active")
-    wait_until(lambda: dms(driver, "Access granted"), what="the grant DM")
+    wait_until(
+        lambda: world.request(request_id).status == RequestStatus.ACTIVE, timeout=30, what="active"
+    )
+    wait_until(lambda: dms(driver, "Access granted"), timeout=30, what="the grant DM")
     assert rule_present(world, request_id)
 
     method, fault = EXPIRE_STEPS[step]
@@ -131,9 +134,9 @@ def test_a_kill_while_closing_still_closes_and_tells_the_requester_once(
     if ending == "revoke":
         driver.command(f"revoke {request_id}")
     if method == "chat.update":
-        wait_until(lambda: world.slack.delays_seen >= 1, timeout=15, what="the notice to be held")
+        wait_until(lambda: world.slack.delays_seen >= 1, timeout=30, what="the notice to be held")
     else:
-        wait_until(lambda: world.arm.stalls_seen >= 1, timeout=15, what="the DELETE to be held")
+        wait_until(lambda: world.arm.stalls_seen >= 1, timeout=30, what="the DELETE to be held")
     first.kill()
 
     world.start_bot("second")
@@ -158,7 +161,9 @@ def test_a_grant_ending_while_the_bot_is_down_is_closed_within_a_sweep_of_the_re
     driver = Driver(Endpoint(world, first))  # type: ignore[arg-type]
     request_id = submit(driver, "request vm-web01 22 2s from 203.0.113.7")
     driver.click("jit_approve", request_id)
-    wait_until(lambda: world.request(request_id).status == RequestStatus.ACTIVE, what="active")
+    wait_until(
+        lambda: world.request(request_id).status == RequestStatus.ACTIVE, timeout=30, what="active"
+    )
     first.kill()
     time.sleep(3)
     assert rule_present(world, request_id)
@@ -177,7 +182,9 @@ def test_azure_failing_for_a_while_delays_the_close_but_never_loses_it(
     driver = Driver(Endpoint(world, bot))  # type: ignore[arg-type]
     request_id = submit(driver, "request vm-web01 22 2s from 203.0.113.7")
     driver.click("jit_approve", request_id)
-    wait_until(lambda: world.request(request_id).status == RequestStatus.ACTIVE, what="active")
+    wait_until(
+        lambda: world.request(request_id).status == RequestStatus.ACTIVE, timeout=30, what="active"
+    )
     world.arm.add_fault(method="DELETE", path_contains=RULE_PATH, status=503, times=12)
 
     wait_until(

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from bot.sandbox import SANDBOX_ARM_TOKEN, SandboxStack, seed_file
-from sandbox.arm.testing import network_client
 from jitcore.model import RequestStatus
 from jitcore.planner import comparable
+from sandbox.arm.testing import network_client
 from tests.scenario.harness import REQUESTER, Driver, wait_until, write_policy
 
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000a11c"

@@ -64,7 +64,9 @@ def test_two_replicas_decide_each_click_once_and_expire_each_grant_once(
         clicks.append(threading.Thread(target=via_a.click, args=("jit_approve", request_id)))
         clicks.append(
             threading.Thread(
-                target=via_b.click, args=("jit_deny", request_id), kwargs={"user": SECOND_APPROVER}
+                target=via_b.submit_deny_reason,
+                args=(request_id,),
+                kwargs={"user": SECOND_APPROVER},
             )
         )
     for click in clicks:

@@ -144,7 +144,7 @@ def test_deny_changes_nothing_and_tells_the_requester(driver: Driver, stack: San
     request_id = int(reply["text"].split("#", 1)[1].split()[0])
     wait_until(lambda: driver.request(request_id).approval_ts, what="approval message")
 
-    assert driver.click("jit_deny", request_id) == 200
+    assert driver.deny(request_id) == 200
 
     driver.wait_status(request_id, RequestStatus.DENIED)
     dms = wait_until(lambda: driver.dms_to(REQUESTER), what="the denial DM")

@@ -29,3 +29,11 @@ def test_manifest_declares_the_command_and_interactivity_the_bot_serves() -> Non
     assert command["url"].endswith("/slack/events")
     assert manifest["settings"]["interactivity"]["request_url"].endswith("/slack/events")
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
+
+
+def test_manifest_subscribes_to_app_home_opened_and_enables_the_home_tab() -> None:
+    manifest = load_manifest()
+    events = manifest["settings"]["event_subscriptions"]
+    assert events["request_url"].endswith("/slack/events")
+    assert events["bot_events"] == ["app_home_opened"]
+    assert manifest["features"]["app_home"]["home_tab_enabled"] is True
