@@ -279,7 +279,14 @@ def _settle(
     """Approve or deny, authorized again here; tell the clicker why not. True if done."""
     try:
         request = engine.store.get_request(request_id)
-        if request is None or request.team_id != (team_id or request.team_id):
+        if request is None or request.team_id != team_id:
+            engine.store.audit(
+                "decision_refused",
+                user_id,
+                request_id if request is not None else None,
+                reason="no such request in the clicker's workspace",
+                team=team_id,
+            )
             raise NotAuthorized(f"there is no request #{request_id} here")
         if approve:
             gate.authorize_approval(request, user_id)

@@ -1034,18 +1034,22 @@ class Engine:
         return self._close(request_id, RequestStatus.REVOKED, "revoked", actor_id)
 
     def _close(self, request_id: int, final: str, reason: str, actor: str) -> bool:
-        with self._exclusive(request_id) as mine:
+        """Close a request: first record that it is closing (a compare-and-set that needs
+        no lease, so a revoke or an expiry is never lost to a busy worker), then remove
+        its rules under the lease. If the lease stays taken, whoever holds it or the next
+        sweep finishes the closing."""
+        self.store.transition(
+            request_id,
+            (RequestStatus.ACTIVE,),
+            RequestStatus.CLOSING,
+            audit=("closing", actor, {"reason": reason}),
+            end_reason=reason,
+        )
+        with self._exclusive_waiting(request_id) as mine:
             if not mine:
                 return False
-            moved = self.store.transition(
-                request_id,
-                (RequestStatus.ACTIVE,),
-                RequestStatus.CLOSING,
-                audit=("closing", actor, {"reason": reason}),
-                end_reason=reason,
-            )
             request = self._require(request_id)
-            if not moved and request.status != RequestStatus.CLOSING:
+            if request.status != RequestStatus.CLOSING:
                 return False
             final = RequestStatus.REVOKED if request.end_reason == "revoked" else final
             remaining = self._remove_rules(request_id)
@@ -1307,6 +1311,17 @@ class Engine:
         if request is None:
             raise StateConflict(f"there is no request #{request_id}", "missing")
         return request
+
+    @contextmanager
+    def _exclusive_waiting(self, request_id: int, wait: float = 5.0) -> Iterator[bool]:
+        """Like :meth:`_exclusive`, but wait a few seconds for a worker that is finishing."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._exclusive(request_id) as mine:
+                if mine or time.monotonic() >= deadline:
+                    yield mine
+                    return
+            time.sleep(0.1)
 
     @contextmanager
     def _exclusive(self, request_id: int) -> Iterator[bool]:

@@ -313,3 +313,42 @@ def test_broken_or_oversized_bodies_get_4xx_never_500(driver: Driver, stack: San
     assert _raw_post(url, "x", odd) == 401
     huge = "text=" + "a" * (2 * 1024 * 1024)
     assert _raw_post(url, huge, sender.sign(stack.signing_secret, huge)) == 413
+
+
+def test_a_click_from_another_workspace_is_refused_and_audited(
+    driver: Driver, stack: SandboxStack
+) -> None:
+    request_id = submit_and_wait(driver)
+    body = sender.block_action_body(
+        "jit_approve",
+        str(request_id),
+        user_id=APPROVER,
+        message_ts=driver.request(request_id).approval_ts,
+        team_id="T0OTHERORG",
+        response_url=stack.slack.response_url("other"),
+    )
+    assert sender.post(driver.events_url, body, stack.signing_secret)[0] == 200
+
+    told = wait_until(lambda: driver.ephemerals_to(APPROVER), what="the refusal")
+    assert f"there is no request #{request_id} here" in told[-1]
+    assert driver.request(request_id).status == RequestStatus.PENDING
+    refusals = [
+        e for e in stack.bot.store.audit_events(request_id) if e.action == "decision_refused"
+    ]
+    assert refusals and refusals[-1].detail["team"] == "T0OTHERORG"
+
+
+def test_ssl_check_requests_are_refused_unless_signed(driver: Driver, stack: SandboxStack) -> None:
+    body = "ssl_check=1&token=gIkuvaNzQIHg97ATvDxqgjtO"
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert _raw_post(driver.events_url, body, form) == 401
+    forged = {**sender.sign("not-the-secret", body)}
+    assert _raw_post(driver.events_url, body, forged) == 401
+
+
+def submit_and_wait(driver: Driver) -> int:
+    status, reply = driver.command("request vm-web01 22 2h from 203.0.113.7")
+    assert status == 200, reply
+    request_id = int(reply["text"].split("#", 1)[1].split()[0])
+    wait_until(lambda: driver.request(request_id).approval_ts, what="the approval message")
+    return request_id
