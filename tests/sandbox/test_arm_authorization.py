@@ -20,8 +20,9 @@ from jitcore.azure.identity import GraphDirectory
 from jitcore.errors import CloudError
 from sandbox.arm.server import ArmServer
 from sandbox.arm.testing import StaticTokenCredential, http_session
+from tests.shared import shared_dir
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
+SHARED = shared_dir()
 EXAMPLES = SHARED / "azure-api-examples" / "authorization"
 API = "2022-04-01"
 ALICE = "a11ce000-0000-4000-8000-000000000001"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -12,8 +11,9 @@ import pytest
 from slack_sdk.signature import SignatureVerifier
 
 from sandbox.slack import sender
+from tests.shared import shared_dir
 
-SAMPLES = Path("/work/shared/slack-payloads")
+SAMPLES = shared_dir() / "slack-payloads"
 
 # Slack docs' worked example ("Verifying requests from Slack").
 DOCS_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -52,10 +52,7 @@ class _PinnedClock:
 
 
 def _sample(name: str) -> Any:
-    path = SAMPLES / name
-    if not path.exists():
-        pytest.skip(f"shared Slack sample {path} is not available here")
-    text = path.read_text()
+    text = (SAMPLES / name).read_text()
     return json.loads(text) if name.endswith(".json") else text.strip()
 
 

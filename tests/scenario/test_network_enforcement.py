@@ -257,7 +257,7 @@ def test_grants_racing_an_expiry_under_injected_faults_end_at_the_baseline(
         times=1,
     )
 
-    first = request_and_approve(driver, "request vm-app01 22 2s from 203.0.113.7")
+    first = request_and_approve(driver, "request vm-app01 22 8s from 203.0.113.7")
     driver.wait_status(first, RequestStatus.ACTIVE, timeout=30)
     sources = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
     ids: list[int] = []
