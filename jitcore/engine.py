@@ -1113,34 +1113,14 @@ class Engine:
                 )
                 return
             current = self.cloud.get_rule(grant.nsg_id, grant.rule_name)
+            where = {"nsg": grant.nsg_id, "rule": grant.rule_name}
             if current is None:
-                self._set_grant(grant, GrantState.REMOVED)
-                self.store.audit(
-                    "rule_already_gone",
-                    SYSTEM_ACTOR,
-                    grant.request_id,
-                    nsg=grant.nsg_id,
-                    rule=grant.rule_name,
-                )
+                self._set_grant(grant, GrantState.REMOVED, audit=("rule_already_gone", where))
                 return
-            self._set_grant(grant, GrantState.REMOVING)
-            self.store.audit(
-                "rule_intended",
-                SYSTEM_ACTOR,
-                grant.request_id,
-                nsg=grant.nsg_id,
-                rule=grant.rule_name,
-                change="delete",
-            )
+            intent = ("rule_intended", {**where, "change": "delete"})
+            self._set_grant(grant, GrantState.REMOVING, audit=intent)
             self.cloud.delete_rule(grant.nsg_id, grant.rule_name)
-            self._set_grant(grant, GrantState.REMOVED)
-            self.store.audit(
-                "rule_removed",
-                SYSTEM_ACTOR,
-                grant.request_id,
-                nsg=grant.nsg_id,
-                rule=grant.rule_name,
-            )
+            self._set_grant(grant, GrantState.REMOVED, audit=("rule_removed", where))
             log.info(
                 "request %s: rule %s removed from %s",
                 grant.request_id,
@@ -1151,24 +1131,12 @@ class Engine:
     def _remove_dnat(self, grant: Grant) -> None:
         if self.firewalls is None:
             raise CloudError(f"no firewall is configured to remove {grant.rule_name} from")
-        self._set_grant(grant, GrantState.REMOVING)
-        self.store.audit(
-            "rule_intended",
-            SYSTEM_ACTOR,
-            grant.request_id,
-            resource=grant.nsg_id,
-            rule=grant.rule_name,
-            change="delete",
-        )
+        intent = {"resource": grant.nsg_id, "rule": grant.rule_name, "change": "delete"}
+        self._set_grant(grant, GrantState.REMOVING, audit=("rule_intended", intent))
         removed = self.firewalls.remove_dnat(grant.nsg_id, grant.rule_name)
-        self._set_grant(grant, GrantState.REMOVED)
-        self.store.audit(
-            "rule_removed" if removed else "rule_already_gone",
-            SYSTEM_ACTOR,
-            grant.request_id,
-            firewall=grant.nsg_id,
-            rule=grant.rule_name,
-        )
+        outcome = "rule_removed" if removed else "rule_already_gone"
+        where = {"firewall": grant.nsg_id, "rule": grant.rule_name}
+        self._set_grant(grant, GrantState.REMOVED, audit=(outcome, where))
 
     def _restore_report(self, request_id: int) -> RestoreReport:
         """Compare each NSG with its snapshot from before the request's first rule.
@@ -1294,15 +1262,35 @@ class Engine:
     def policy_for(self, vm: str) -> Policy:
         return find_policy(self.policies.policies, vm)
 
-    def _set_grant(self, grant: Grant, state: str, last_error: str | None = None) -> None:
+    def _set_grant(
+        self,
+        grant: Grant,
+        state: str,
+        last_error: str | None = None,
+        audit: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Move a grant to ``state``; ``audit`` (action, detail) is written in the same
+        transaction, so the log holds exactly the steps that were recorded."""
+        now = self.clock()
         with self.store.session() as session:
             row = session.get(Grant, grant.id)
             assert row is not None
             row.state = state
-            row.updated_at = self.clock()
+            row.updated_at = now
             if last_error is not None:
                 row.last_error = last_error
             session.add(row)
+            if audit is not None:
+                action, detail = audit
+                session.add(
+                    AuditEvent(
+                        at=now,
+                        request_id=grant.request_id,
+                        actor=SYSTEM_ACTOR,
+                        action=action,
+                        detail=detail,
+                    )
+                )
             session.commit()
         grant.state = state
 
