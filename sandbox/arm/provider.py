@@ -45,6 +45,8 @@ class Request:
     store: Store
     operations: Operations
     take_operation_fault: Callable[[], Fault | None]
+    client_address: str | None = None
+    """The address of the HTTP client (Defender opens JIT ports for it by default)."""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -135,6 +137,7 @@ class Route:
 
 SeedLoader = Callable[[Store, ResourceGroup, Mapping[str, Any]], None]
 RootSeedLoader = Callable[[Store, Mapping[str, Any]], None]
+Ticker = Callable[[Store, float], None]
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,9 @@ class Provider:
     group's seed object; it reads the keys it owns and ignores the others.
     ``load_root_seed`` is called once with the whole seed, after every resource group is
     loaded, for what lives above resource groups (role assignments, the directory).
+    ``tick(store, now)`` (Unix seconds) makes the changes a provider does on its own as time
+    passes (Defender opening and closing JIT ports); the server calls it under the store lock
+    before every request, before every read of its state, and from its clock thread.
     """
 
     namespace: str
@@ -153,6 +159,7 @@ class Provider:
     api_versions: tuple[str, ...] = ()
     uses_operations: bool = False
     load_root_seed: RootSeedLoader | None = None
+    tick: Ticker | None = None
 
 
 def split_path(path: str) -> list[str]:

@@ -59,7 +59,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sandbox.arm import authorization, compute, directory, firewall, network
+from sandbox.arm import authorization, compute, directory, firewall, network, security
 from sandbox.arm.errors import (
     ArmError,
     resource_group_not_found,
@@ -78,6 +78,7 @@ PROVIDERS: tuple[Provider, ...] = (
     compute.PROVIDER,
     firewall.PROVIDER,
     authorization.PROVIDER,
+    security.PROVIDER,
 )
 
 WRITE_METHODS = frozenset({"PUT", "PATCH", "POST", "DELETE"})
@@ -85,6 +86,7 @@ ZERO_TENANT = "00000000-0000-0000-0000-000000000000"
 _API_VERSION_RE = re.compile(r"\d{4}-\d{2}-\d{2}(-preview|-beta|-alpha|-privatepreview)?")
 _CONNECTION_TIMEOUT = 60.0
 _HANDSHAKE_TIMEOUT = 10.0
+_CLOCK_INTERVAL = 0.05
 
 
 class ArmServer:
@@ -103,6 +105,8 @@ class ArmServer:
             whose previous write is still running.
         throttling, write_burst, write_refill_per_second: the per-subscription write budget.
         providers: the resource-provider modules served (default :data:`PROVIDERS`).
+        jit_apply_delay: seconds Defender takes to open the ports of an accepted JIT
+            initiate (default: the seed's ``defender.applyDelaySeconds``, else 1 second).
     """
 
     def __init__(
@@ -121,6 +125,7 @@ class ArmServer:
         write_burst: int = 200,
         write_refill_per_second: float = 10.0,
         providers: Sequence[Provider] = PROVIDERS,
+        jit_apply_delay: float | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -128,6 +133,11 @@ class ArmServer:
         self._token = token
         self._providers = tuple(providers)
         self._store = build_store(read_seed(seed), self._providers)
+        if jit_apply_delay is not None:
+            security.set_apply_delay(self._store, jit_apply_delay)
+        self._tickers = [p.tick for p in self._providers if p.tick is not None]
+        self._clock: threading.Thread | None = None
+        self._clock_stop = threading.Event()
         self._routes = self._collect_routes()
         self._operations = Operations(lro_polls, retry_after, lro_timeout)
         self._operations.conflicts_enabled = concurrency_conflicts
@@ -159,6 +169,12 @@ class ArmServer:
             daemon=True,
         )
         self._thread.start()
+        if self._tickers:
+            self._clock_stop.clear()
+            self._clock = threading.Thread(
+                target=self._run_clock, name=f"arm-sandbox-clock-{self.port}", daemon=True
+            )
+            self._clock.start()
         logger.info("ARM stand-in listening on %s", self.url)
         return self
 
@@ -166,6 +182,10 @@ class ArmServer:
         """Stop serving, close every connection, remove a temporary workdir."""
         if self._http is None:
             return
+        self._clock_stop.set()
+        if self._clock is not None:
+            self._clock.join()
+            self._clock = None
         self._http.shutdown()
         self._http.close_connections()
         self._http.server_close()
@@ -229,6 +249,16 @@ class ArmServer:
         self._bucket.enabled = enabled
 
     @property
+    def jit_apply_delay(self) -> float:
+        """Seconds between an accepted JIT initiate and Defender's NSG change."""
+        return float(security.settings(self._store)["applyDelaySeconds"])
+
+    @jit_apply_delay.setter
+    def jit_apply_delay(self, seconds: float) -> None:
+        with self._store.lock:
+            security.set_apply_delay(self._store, seconds)
+
+    @property
     def concurrency_conflicts(self) -> bool:
         return self._operations.conflicts_enabled
 
@@ -242,6 +272,7 @@ class ArmServer:
         """The NSG's current ``securityRules`` as ARM JSON, sorted by name."""
         with self._store.lock:
             self._operations.settle()
+            self._tick()
             nsg = self._store.get(nsg_id)
             if nsg is None or nsg["type"] != network.NSG_TYPE:
                 raise LookupError(f"no network security group {nsg_id} in the sandbox")
@@ -275,6 +306,7 @@ class ArmServer:
     def state(self) -> dict[str, Any]:
         with self._store.lock:
             self._operations.settle()
+            self._tick()
             dump = self._store.dump()
             dump["operations"] = self._operations.dump()
         return dump
@@ -282,7 +314,12 @@ class ArmServer:
     # ------------------------------------------------------------------ dispatch
 
     def handle(
-        self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        raw_path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        client_address: str | None = None,
     ) -> Response:
         """Answer one HTTP request (called by the HTTP handler threads)."""
         parts = urlsplit(raw_path)
@@ -292,7 +329,7 @@ class ArmServer:
         if control == "/v1.0" or control.startswith("/v1.0/"):
             return self._graph(method, parts.path, parts.query, headers, body)
         try:
-            response = self._arm(method, parts.path, parts.query, headers, body)
+            response = self._arm(method, parts.path, parts.query, headers, body, client_address)
         except ArmError as exc:
             response = Response(exc.status, exc.body(), exc.headers)
         except Exception:
@@ -317,7 +354,13 @@ class ArmServer:
         return response
 
     def _arm(
-        self, method: str, path: str, query_string: str, headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        path: str,
+        query_string: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        client_address: str | None = None,
     ) -> Response:
         self._authenticate(headers)
         query = {
@@ -336,6 +379,7 @@ class ArmServer:
             time.sleep(timing.stall_seconds)
         with self._store.lock:
             self._operations.settle()
+            self._tick()
             self._check_api_version(route, api_version)
             self._check_scope(params)
             fault = self._faults.take_error(method, path)
@@ -355,6 +399,7 @@ class ArmServer:
                 store=self._store,
                 operations=self._operations,
                 take_operation_fault=lambda: self._faults.take_operation(method, path),
+                client_address=client_address,
             )
             response = route.handler(request)
         response.headers.update(extra)
@@ -362,6 +407,20 @@ class ArmServer:
             self._stalls_seen += 1
             time.sleep(timing.reply_delay_seconds)
         return response
+
+    def _tick(self) -> None:
+        """Let the providers make their time-driven changes (the caller holds the lock)."""
+        now = time.time()
+        for tick in self._tickers:
+            tick(self._store, now)
+
+    def _run_clock(self) -> None:
+        while not self._clock_stop.wait(_CLOCK_INTERVAL):
+            try:
+                with self._store.lock:
+                    self._tick()
+            except Exception:
+                logger.exception("ARM stand-in clock failed")
 
     def _authenticate(self, headers: Mapping[str, str]) -> None:
         value = headers.get("Authorization")
@@ -599,7 +658,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        response = self.server.arm.handle(self.command, self.path, self.headers, body)
+        response = self.server.arm.handle(
+            self.command, self.path, self.headers, body, str(self.client_address[0])
+        )
         payload = b""
         if response.body is not None and response.status != 204:
             payload = json.dumps(response.body).encode("utf-8")

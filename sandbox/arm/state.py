@@ -50,6 +50,8 @@ class Store:
         self.tenant_id = tenant_id
         self._groups: dict[str, ResourceGroup] = {}
         self._resources: dict[str, dict[str, Any]] = {}
+        # Per-provider behaviour settings (not resources), keyed by provider module.
+        self.settings: dict[str, dict[str, Any]] = {}
 
     @property
     def default_location(self) -> str:
