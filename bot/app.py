@@ -24,6 +24,7 @@ from bot.protection import ProtectionDesk
 from bot.settings import Settings
 from jitcore.azure import AzureNetwork, AzureTarget
 from jitcore.azure.clients import StaticTokenCredential, default_credential
+from jitcore.azure.defender import DefenderGateway
 from jitcore.azure.firewall import FirewallGateway
 from jitcore.clock import ExpiryClock
 from jitcore.db import Store, create_schema, make_engine
@@ -49,8 +50,10 @@ class JitBot:
     protector: Protector
     metrics: Metrics | None = None
     gate: AccessGate | None = None
+    defender: DefenderGateway | None = None
 
     def start(self) -> None:
+        self.engine.check_defender_plans()  # before the first sweep opens anything
         self.clock.start()
         if self.settings.expiry_warning_seconds > 0:
             self.clock.scheduler.add_job(
@@ -74,6 +77,8 @@ class JitBot:
         self.network.close()
         if self.engine.firewalls is not None:
             self.engine.firewalls.close()
+        if self.defender is not None:
+            self.defender.close()
         if self.gate is not None:
             self.gate.close()
         self.store.engine.dispose()
@@ -156,6 +161,9 @@ def build(settings: Settings) -> JitBot:
     target = metrics.watch_arm(azure_target(settings))
     network = AzureNetwork(target)
     firewalls = FirewallGateway(target) if any(p.firewall for p in policies) else None
+    defender = (
+        DefenderGateway(target) if any(p.enforcement == "defender" for p in policies) else None
+    )
     notifier = SlackNotifier(client)
     engine = Engine(
         store=store,
@@ -165,6 +173,7 @@ def build(settings: Settings) -> JitBot:
         pending_timeout=timedelta(seconds=settings.pending_timeout_seconds),
         lease_seconds=settings.lease_seconds,
         firewalls=firewalls,
+        defender=defender,
     )
     metrics.watch_engine(engine, network)
 
@@ -203,4 +212,5 @@ def build(settings: Settings) -> JitBot:
         protector,
         metrics=metrics,
         gate=gate,
+        defender=defender,
     )

@@ -180,7 +180,11 @@ class AccessGate:
             decision = self.checker.check(principal.object_id, Operation.REQUEST, vm)
         except CloudError as exc:
             return messages.access_check_failed(exc.message)
-        return messages.why_text(principal, vm_name, decision, policy, command.port, user_id)
+        text = messages.why_text(principal, vm_name, decision, policy, command.port, user_id)
+        refused = self.engine.policies.refused.get(policy.name)
+        if refused is not None:
+            text += "\n" + messages.policy_refused_line(policy.name, refused)
+        return text
 
     def _admin_map(self, user_id: str, command: AdminMapCommand) -> str:
         self._require_admin(user_id)

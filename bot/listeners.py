@@ -174,6 +174,8 @@ def _revoke(engine: Engine, background: Executor, request_id: int, user_id: str)
     if refusal is not None:
         return refusal
     background.submit(_logged, engine.revoke, request_id, user_id)
+    if engine.is_defender_request(request_id):
+        return messages.defender_revoke_ack(request_id)
     return messages.revoked_ack(request_id)
 
 

@@ -206,6 +206,8 @@ def already_decided(request_id: int, status: str, decided_by: str | None) -> str
 
 def granted_text(request: AccessRequest, grants: list[Grant]) -> str:
     assert request.ends_at is not None
+    if any(g.kind == "defender" for g in grants):
+        return defender_granted_text(request, grants)
     rules = ", ".join(
         f"`{escape(g.rule_name)}` in `{escape(g.nsg_id.rsplit('/', 1)[-1])}` "
         f"(priority {g.priority})"
@@ -584,6 +586,7 @@ def _policy_lines(policy: Any | None, vm: str, port: int | None, requester_id: s
         f"{r.port}/{r.protocol} up to {format_duration(r.max_duration)}" for r in policy.ports
     )
     lines = [f"• Policy `{escape(policy.name)}` covers it: {ports}."]
+    lines += defender_policy_lines(policy)
     if port is not None:
         allowed = policy.port_rule(port) is not None
         lines.append(f"• Port {port} is {'' if allowed else 'not '}in that policy.")
@@ -879,4 +882,82 @@ def deny_form_failed(request_id: int) -> str:
     return (
         f":warning: jitbot could not open the form to deny request #{request_id}; nothing "
         "changed. Click Deny again."
+    )
+
+
+# -- Defender for Cloud enforcement ----------------------------------------------------
+
+_DEFENDER_CLOSE_WORDS = {
+    "expired": "Defender for Cloud closed it at its end time",
+    "revoked": "it was ended in Defender for Cloud",
+    "superseded": (
+        "Defender for Cloud replaced it with a newer JIT request for the same VM, so access "
+        "now follows that newer request, not this one"
+    ),
+}
+
+
+def defender_granted_text(request: AccessRequest, grants: list[Grant]) -> str:
+    """Granted, in Defender mode: said only once Defender reports every port Initiated."""
+    assert request.ends_at is not None
+    policies = ", ".join(
+        f"`{escape(g.rule_name)}`" for g in grants if g.kind == "defender" and g.state == "present"
+    )
+    return (
+        f":unlock: Access granted for request #{request.id}: Defender for Cloud reports "
+        f"port {request.ports}/{request.protocol} on *{escape(request.vm_name)}* open from "
+        f"`{escape(request.source_prefix)}` until {when(request.ends_at)}.\n"
+        f"Defender JIT policy: {policies or 'none'}. Defender closes the port at that time; "
+        "it cannot be extended (make a new request instead)."
+    )
+
+
+def defender_closed_text(request: AccessRequest, args: dict[str, Any]) -> str:
+    """Closed, in Defender mode: Defender reported every port Revoked."""
+    reason = str(args.get("reason") or "")
+    why = _DEFENDER_CLOSE_WORDS.get(reason, f"Defender for Cloud reports it revoked ({reason})")
+    if request.end_reason == "revoked" and reason == "expired":
+        why = "it was ended in jitbot, and Defender for Cloud closed it at its end time"
+    return (
+        f":lock: Access for request #{request.id} (port {request.ports} on "
+        f"*{escape(request.vm_name)}*) is closed: {escape(why)}. Defender for Cloud reports "
+        "the port Revoked. Sessions already established are not cut by Azure."
+    )
+
+
+def defender_end_pending_text(request: AccessRequest, args: dict[str, Any]) -> str:
+    """An early end asked in Defender mode, which Defender cannot do before endTimeUtc."""
+    ends = request.ends_at
+    until = when(ends) if ends is not None else "its end time"
+    return (
+        f":hourglass: {mention(str(args.get('by', '')))} ended request #{request.id} in "
+        "jitbot, but Defender for Cloud has no way to close a JIT request early: port "
+        f"{request.ports} on *{escape(request.vm_name)}* stays open from "
+        f"`{escape(request.source_prefix)}` until {until}. jitbot will say when Defender "
+        "reports it closed."
+    )
+
+
+def defender_revoke_ack(request_id: int) -> str:
+    return (
+        f"Ending request #{request_id}. It is open through Defender for Cloud, which closes "
+        "the port only at its end time; you will be told when Defender reports it closed."
+    )
+
+
+def defender_policy_lines(policy: Any) -> list[str]:
+    """``/jit why``: what Defender mode means for this policy."""
+    if getattr(policy, "enforcement", "nsg") != "defender":
+        return []
+    return [
+        "• Enforcement: Defender for Cloud JIT (needs Defender for Servers Plan 2); jitbot "
+        "checks and approves, Defender opens and closes the port."
+    ]
+
+
+def policy_refused_line(policy_name: str, reason: str) -> str:
+    """``/jit why`` for a VM whose policy was refused at load."""
+    return (
+        f"• :no_entry: Policy `{escape(policy_name)}` was refused when jitbot started, so "
+        f"nothing can be requested under it: {escape(reason)}."
     )

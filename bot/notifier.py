@@ -79,6 +79,12 @@ class SlackNotifier:
             unfurl_links=False,
         )
 
+    def defender_closed(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        self._tell_everyone(request, messages.defender_closed_text(request, args))
+
+    def defender_end_pending(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        self._tell_everyone(request, messages.defender_end_pending_text(request, args))
+
     def drift_detected(self, channel: str, findings: list[str]) -> None:
         self.client.chat_postMessage(
             channel=channel, text=messages.drift_text(findings), unfurl_links=False

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -39,6 +39,8 @@ from jitcore.azure.firewall import (
 )
 from jitcore.azure.inventory import VmNetwork
 from jitcore.db import Store
+from jitcore.defender_access import GRANT_KIND as DEFENDER_GRANT
+from jitcore.defender_access import DefenderAccess, DefenderCloud, is_defender
 from jitcore.durations import format_duration
 from jitcore.errors import (
     CloudError,
@@ -84,7 +86,9 @@ EXTEND_LEASE_WAIT = 0.2
 """An extension waits up to 5 seconds for another worker (opening, sweeping) to let go."""
 EXTEND_BUTTON_STEP = timedelta(minutes=30)
 """How much later the Extend button of an expiry warning moves the end (capped)."""
-NOTICES_WITH_ARGS = frozenset({"request_extended", "request_expiring"})
+NOTICES_WITH_ARGS = frozenset(
+    {"request_extended", "request_expiring", "defender_closed", "defender_end_pending"}
+)
 """Notices whose notifier method takes the notice's arguments besides the request."""
 
 
@@ -125,9 +129,21 @@ class PolicySet:
 
     policies: list[Policy]
     versions: dict[str, int]
+    refused: dict[str, str] = field(default_factory=dict)
+    """Policy name -> why it is not in force (a ``defender`` policy without Defender for
+    Servers Plan 2). Requests for its VMs are refused with that reason."""
 
     def by_name(self, name: str) -> Policy | None:
         return next((p for p in self.policies if p.name == name), None)
+
+
+class PolicyRefused(RequestRejected):
+    """The policy covering the VM was refused when loaded; the message says why."""
+
+    def __init__(self, policy: str, reason: str) -> None:
+        super().__init__(f"policy {policy} is not in force: {reason}")
+        self.policy = policy
+        self.reason = reason
 
 
 class Engine:
@@ -145,6 +161,7 @@ class Engine:
         lease_seconds: float = 300.0,
         firewalls: FirewallGateway | None = None,
         max_pending_per_requester: int = 5,
+        defender: DefenderCloud | None = None,
     ) -> None:
         self.store = store
         self.policies = policies
@@ -156,6 +173,7 @@ class Engine:
         self.lease_seconds = lease_seconds
         self.firewalls = firewalls
         self.max_pending_per_requester = max_pending_per_requester
+        self.defender = DefenderAccess(self, defender) if defender is not None else None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._busy: set[int] = set()
         self._busy_guard = threading.Lock()
@@ -164,7 +182,26 @@ class Engine:
 
     def check(self, vm: str, ports: list[int], duration: timedelta, source: str) -> CheckedRequest:
         """Validate a request against the policy without recording anything."""
-        return check_request(self.policies.policies, vm, ports, duration, source)
+        checked = check_request(self.policies.policies, vm, ports, duration, source)
+        reason = self.policies.refused.get(checked.policy.name)
+        if reason is not None:
+            raise PolicyRefused(checked.policy.name, reason)
+        return checked
+
+    def check_defender_plans(self) -> dict[str, str]:
+        """At start: refuse each ``defender`` policy whose subscription lacks Defender for
+        Servers Plan 2 (or cannot use Defender at all); return the refusals."""
+        defender_policies = [p for p in self.policies.policies if is_defender(p)]
+        if not defender_policies:
+            return {}
+        if self.defender is None:
+            refusals = {
+                p.name: "no Defender for Cloud client is configured" for p in defender_policies
+            }
+        else:
+            refusals = self.defender.plan_refusals(defender_policies)
+        self.policies.refused.update(refusals)
+        return refusals
 
     @counts_rejections
     def submit(
@@ -371,6 +408,11 @@ class Engine:
             ):
                 return
             request = self._require(request_id)
+            policy = self.policies.by_name(request.policy_name)
+            if is_defender(policy):
+                assert policy is not None
+                self._open_with_defender(request, policy)
+                return
             try:
                 network = self.cloud.network_of(request.vm_name)
                 if not network.nsg_ids:
@@ -393,6 +435,28 @@ class Engine:
                 self._fail(request, f"unexpected error while opening: {type(exc).__name__}")
                 return
             self._activate(request_id)
+
+    def _open_with_defender(self, request: AccessRequest, policy: Policy) -> None:
+        """Open through Defender for Cloud's JIT (see ``jitcore.defender_access``). The
+        request becomes active once Defender reports the ports open; until then it stays
+        opening and the sweep keeps following it."""
+        assert request.id is not None
+        try:
+            if self.defender is None:
+                raise PlacementError("no Defender for Cloud client is configured")
+            reason = self.policies.refused.get(policy.name)
+            if reason is not None:
+                raise PolicyRefused(policy.name, reason)
+            opened = self.defender.open(request, policy)
+        except JitError as exc:
+            self._fail(request, exc.message)
+            return
+        except Exception as exc:  # a bug or an unexpected SDK error
+            log.exception("opening request %s through Defender failed unexpectedly", request.id)
+            self._fail(request, f"unexpected error while opening: {type(exc).__name__}")
+            return
+        if opened:
+            self._activate(request.id)
 
     def _firewall_in_front(self, policy: Policy | None) -> FirewallInfo | None:
         """The classic Azure Firewall the policy routes access through, if any."""
@@ -739,6 +803,11 @@ class Engine:
         """The latest end the policy allows: when access opened plus the shortest maximum
         duration of the request's ports."""
         policy = self.policies.by_name(request.policy_name)
+        if is_defender(policy):
+            raise RequestRejected(
+                f"request #{request.id} is open through Defender for Cloud, which cannot "
+                "extend a JIT request; make a new request before it ends"
+            )
         rules = [policy.port_rule(p) for p in request.port_list] if policy else []
         maximums = [rule.max_duration for rule in rules if rule is not None]
         if request.opened_at is None or not maximums or len(maximums) != len(rules):
@@ -1031,7 +1100,18 @@ class Engine:
         return self._close(request_id, RequestStatus.CLOSED, "expired", SYSTEM_ACTOR)
 
     def revoke(self, request_id: int, actor_id: str) -> bool:
-        return self._close(request_id, RequestStatus.REVOKED, "revoked", actor_id)
+        closed = self._close(request_id, RequestStatus.REVOKED, "revoked", actor_id)
+        if not closed and self.defender is not None and self.is_defender_request(request_id):
+            request = self._require(request_id)
+            if request.status == RequestStatus.CLOSING and request.end_reason == "revoked":
+                self.defender.note_early_end(request_id, actor_id)
+        return closed
+
+    def is_defender_request(self, request_id: int) -> bool:
+        request = self._require(request_id)
+        return is_defender(self.policies.by_name(request.policy_name)) or any(
+            g.kind == DEFENDER_GRANT for g in self.grants_of(request_id)
+        )
 
     def _close(self, request_id: int, final: str, reason: str, actor: str) -> bool:
         """Close a request: first record that it is closing (a compare-and-set that needs
@@ -1062,11 +1142,15 @@ class Engine:
                 return False
             report = self._restore_report(request_id)
             detail = {"reason": request.end_reason, **report.to_json()}
+            notice = ("request_closed", report.to_json())
+            if self.defender is not None and self.defender.grant_of(request_id) is not None:
+                notice = ("defender_closed", self.defender.closed_notice(request_id))
+                detail.update(notice[1])
             if not self.store.transition(
                 request_id,
                 (RequestStatus.CLOSING,),
                 final,
-                notify=("request_closed", report.to_json()),
+                notify=notice,
                 audit=("closed", SYSTEM_ACTOR, detail),
                 closed_at=self.clock(),
             ):
@@ -1082,6 +1166,9 @@ class Engine:
         for grant in self.grants_of(request_id):
             if grant.state == GrantState.REMOVED:
                 continue
+            if grant.kind == DEFENDER_GRANT:
+                remaining += 0 if self._defender_closed(grant) else 1
+                continue
             try:
                 self._remove_rule(grant)
             except CloudError as exc:
@@ -1096,6 +1183,17 @@ class Engine:
                     code=exc.code,
                 )
         return remaining
+
+    def _defender_closed(self, grant: Grant) -> bool:
+        """Whether Defender reports the grant's ports closed; Defender closes them at the
+        end time by itself, and jitbot waits for its word."""
+        if self.defender is None:
+            return False
+        try:
+            return self.defender.closed_in_defender(grant)
+        except CloudError as exc:
+            self._set_grant(grant, grant.state, last_error=exc.message)
+            return False
 
     def _remove_rule(self, grant: Grant) -> None:
         if grant.kind == "dnat":
@@ -1183,6 +1281,10 @@ class Engine:
             self._guarded(self.open, request.id)
         for request in self.store.requests_with_status((RequestStatus.OPENING,)):
             self._guarded(self._undo_interrupted_open, request.id)
+        if self.defender is not None:
+            for request in self.store.requests_with_status((RequestStatus.ACTIVE,)):
+                if request.ends_at is not None and request.ends_at > now:
+                    self._guarded(self._follow_defender_active, request.id)
         for request in self.store.requests_with_status((RequestStatus.ACTIVE,), ends_before=now):
             self._guarded(self.expire, request.id)
         for request in self.store.requests_with_status((RequestStatus.CLOSING,)):
@@ -1204,7 +1306,19 @@ class Engine:
         it; a request still leased by a live replica is left to that replica)."""
         self.sweep()
 
+    def _follow_defender_active(self, request_id: int) -> None:
+        """Close an active Defender request that Defender already closed (superseded by a
+        newer request, or ended in Defender); closing takes the request's lease itself."""
+        if self.defender is None or not self.is_defender_request(request_id):
+            return
+        self.defender.follow_active(request_id)
+
     def _undo_interrupted_open(self, request_id: int) -> None:
+        if self.defender is not None and self.is_defender_request(request_id):
+            with self._exclusive(request_id) as mine:
+                if mine and self._require(request_id).status == RequestStatus.OPENING:
+                    self.defender.follow_opening(request_id)
+            return
         with self._exclusive(request_id) as mine:
             if mine and self._require(request_id).status == RequestStatus.OPENING:
                 log.warning("request %s was interrupted while opening; undoing it", request_id)

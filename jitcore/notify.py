@@ -64,6 +64,10 @@ class Notifier(Protocol):
 
     def request_expiring(self, request: AccessRequest, args: dict[str, Any]) -> None: ...
 
+    def defender_closed(self, request: AccessRequest, args: dict[str, Any]) -> None: ...
+
+    def defender_end_pending(self, request: AccessRequest, args: dict[str, Any]) -> None: ...
+
 
 class NullNotifier:
     """Tells nobody; for tools and tests that only care about the cloud side."""
@@ -93,4 +97,10 @@ class NullNotifier:
         return None
 
     def request_expiring(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        return None
+
+    def defender_closed(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        return None
+
+    def defender_end_pending(self, request: AccessRequest, args: dict[str, Any]) -> None:
         return None

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from jitcore.defender import check_defender_source
 from jitcore.durations import format_duration, parse_duration
 from jitcore.errors import (
     DurationOutOfBounds,
@@ -90,7 +91,9 @@ class Policy(BaseModel):
     allow_private_sources: bool = True
     approvers: list[str] = Field(min_length=1)
     approval_channel: str = Field(min_length=1)
-    enforcement: Literal["nsg"] = "nsg"
+    enforcement: Literal["nsg", "defender"] = "nsg"
+    """``nsg``: jitbot writes NSG rules itself. ``defender``: Defender for Cloud's JIT
+    opens the ports (see ``docs/defender.md``)."""
     firewall: str | None = None
     """Resource id of a classic Azure Firewall in front of the VMs: access is then a DNAT
     rule on it plus NSG allows from the firewall's private address."""
@@ -117,7 +120,23 @@ class Policy(BaseModel):
         ports = [rule.port for rule in self.ports]
         if len(ports) != len(set(ports)):
             raise ValueError("each port may be listed once")
+        if self.enforcement == "defender":
+            self._check_defender_bounds()
         return self
+
+    def _check_defender_bounds(self) -> None:
+        """What Defender for Cloud's JIT cannot express is refused at load."""
+        if self.firewall or self.firewall_ports:
+            raise ValueError(
+                "enforcement defender cannot be combined with firewall: Defender for Cloud "
+                "manages its own firewall rules; use enforcement nsg for a classic firewall"
+            )
+        short = [rule.port for rule in self.ports if rule.max_duration < DEFENDER_MIN_DURATION]
+        if short:
+            raise ValueError(
+                "with enforcement defender, each max_duration must be between 5m and 24h; "
+                "too short for port(s) " + ", ".join(str(p) for p in short)
+            )
 
     def match(self, vm: str) -> str | None:
         """The VM's name as the policy spells it, if the policy covers ``vm``.
@@ -265,6 +284,14 @@ def check_request(
         raise InvalidSource(
             prefix,
             "it is outside the sources this policy allows: " + ", ".join(policy.allowed_sources),
+        )
+    if policy.enforcement == "defender":
+        check_defender_source(
+            prefix,
+            policy.allowed_sources,
+            vm_name,
+            policy.widest_source_v4,
+            policy.widest_source_v6,
         )
     return CheckedRequest(policy, vm_name, tuple(ports), protocol, duration, prefix)
 

@@ -88,6 +88,11 @@ class Protector:
             known = sorted({e.rsplit("/", 1)[-1] for p in self.policies.policies for e in p.vms})
             raise UnknownVm(vm, known)
         vm_name = policy.match(vm) or vm
+        if policy.enforcement == "defender":
+            raise PlacementError(
+                f"{vm_name} is under policy {policy.name} with enforcement defender: Defender "
+                "for Cloud's JIT policy protects it, so jitbot adds no deny rule of its own"
+            )
         ports = [rule.port for rule in policy.ports]
         network = self.cloud.network_of(vm_name)
         if not network.nsg_ids:
@@ -178,8 +183,11 @@ class Protector:
                 watched.setdefault(row.nsg_id, row.vm_name)
             query = select(Grant, AccessRequest).where(Grant.request_id == AccessRequest.id)
             for grant, request in session.exec(query.where(Grant.state != GrantState.REMOVED)):
-                watched.setdefault(grant.nsg_id, request.vm_name)
+                if grant.kind != "defender":  # a Defender JIT policy, not an NSG
+                    watched.setdefault(grant.nsg_id, request.vm_name)
         for policy in self.policies.policies:
+            if policy.enforcement == "defender":  # Defender owns those VMs' rules
+                continue
             for entry in policy.vms:
                 try:
                     network = self.cloud.network_of(entry)
