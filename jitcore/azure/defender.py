@@ -48,7 +48,7 @@ class VmPlace:
 
 def _raw(pipeline_response: Any, _deserialized: Any, _headers: Any) -> Any:
     """``cls`` hook: the answer's JSON as Azure sent it."""
-    return pipeline_response.http_response.json()
+    return json.loads(pipeline_response.http_response.text())
 
 
 def security_client(target: AzureTarget) -> Any:
