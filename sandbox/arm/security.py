@@ -938,6 +938,65 @@ def _pricing_record(store: Store, name: str, properties: Mapping[str, Any]) -> d
     return record
 
 
+# ---------------------------------------------------------------------------------- faults
+
+ACTIONS = {
+    "read": ("GET", "Microsoft.Security/locations/jitNetworkAccessPolicies/read"),
+    "write": ("PUT", "Microsoft.Security/locations/jitNetworkAccessPolicies/write"),
+    "delete": ("DELETE", "Microsoft.Security/locations/jitNetworkAccessPolicies/delete"),
+    "initiate": ("POST", "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action"),
+}
+SANDBOX_CLIENT_OBJECT_ID = "00000000-0000-4000-8000-00000000b07a"
+
+
+def fault(
+    status: int,
+    code: str | None = None,
+    *,
+    operation: str = "initiate",
+    scope: str | None = None,
+    client: str = "jitbot-sandbox-app",
+    times: int | None = 1,
+) -> dict[str, Any]:
+    """A fault spec for ``ArmServer.add_fault`` that makes a JIT call fail as ARM would.
+
+    ``operation`` is read, write, delete or initiate; ``scope`` (a policy's resource id, say)
+    limits the fault to paths that contain it and is named in the message; without it every
+    JIT call of that operation is hit. 403 ``AuthorizationFailed`` and
+    ``RequestDisallowedByPolicy`` get ARM's wording; 429 gets ``SubscriptionRequestsThrottled``
+    with ``Retry-After``; other statuses keep the fault machinery's defaults.
+    """
+    method, action = ACTIONS[operation]
+    base = scope.rstrip("/") if scope else "/jitNetworkAccessPolicies"
+    path = f"{scope.rstrip('/') if scope else ''}/initiate" if operation == "initiate" else base
+    shown = f"scope '{scope}'" if scope else "the JIT policy's scope"
+    spec: dict[str, Any] = {"method": method, "path_contains": path, "status": status}
+    if times is not None:
+        spec["times"] = times
+    if status == 403 and code in (None, "AuthorizationFailed"):
+        spec["code"] = "AuthorizationFailed"
+        spec["message"] = (
+            f"The client '{client}' with object id '{SANDBOX_CLIENT_OBJECT_ID}' does not have "
+            f"authorization to perform action '{action}' over {shown} or the scope is "
+            "invalid. If access was recently granted, please refresh your credentials."
+        )
+    elif code == "RequestDisallowedByPolicy":
+        spec["code"] = code
+        spec["message"] = (
+            "Resource 'jitNetworkAccessPolicies' was disallowed by policy. Policy identifiers: "
+            '\'[{"policyAssignment":{"name":"Deny JIT changes","id":"/providers/'
+            'Microsoft.Authorization/policyAssignments/deny-jit"},"policyDefinition":'
+            '{"name":"Deny JIT changes","id":"/providers/Microsoft.Authorization/'
+            "policyDefinitions/deny-jit\"}}]'."
+        )
+    elif status == 429:
+        spec["code"] = code or "SubscriptionRequestsThrottled"
+        spec["retry_after"] = 1
+    elif code is not None:
+        spec["code"] = code
+    return spec
+
+
 # ---------------------------------------------------------------------------------- seed
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
     from azure.mgmt.compute import ComputeManagementClient
     from azure.mgmt.network import NetworkManagementClient
+    from azure.mgmt.security import SecurityCenter
 
     from sandbox.arm.server import ArmServer
 
@@ -84,6 +85,16 @@ def compute_client(
     return ComputeManagementClient(
         credential, arm.subscription_id, **client_options(arm, **overrides)
     )
+
+
+def security_client(
+    arm: ArmServer, token: str = "sandbox-token", **overrides: Any
+) -> SecurityCenter:
+    """Defender for Cloud's client (JIT policies at 2020-01-01, pricings at 2024-01-01)."""
+    from azure.mgmt.security import SecurityCenter
+
+    credential = StaticTokenCredential(token)
+    return SecurityCenter(credential, arm.subscription_id, **client_options(arm, **overrides))
 
 
 def http_session(arm: ArmServer, token: str | None = "sandbox-token") -> Any:
