@@ -334,6 +334,12 @@ def _validate_vm(
             f"{NAME_LIMIT} are allowed."
         )
         raise _invalid("JitPolicyNameTooLong", message)
+    if not vm_paths(store, vm["id"]):
+        message = (
+            f"The virtual machine '{name}' has no network security group on its network "
+            "interface or subnet; just-in-time access needs one to enforce its rules."
+        )
+        raise _invalid("JitPolicyVirtualMachineWithoutNetworkSecurityGroup", message)
     return vm
 
 
@@ -592,6 +598,8 @@ def sync_deny_rules(store: Store, policy: dict[str, Any]) -> None:
                 policy["_denyRules"][key] = (nsg_id, name)
                 continue
             _remove_rule(store, nsg_id, name)
+        if len(nsg["rules"]) >= nsg_rules.MAX_RULES:
+            raise nsg_rules.count_limit_error()
         priority = _deny_priority(nsg, number, protocol)
         _write_rule(nsg, name, _port_properties("Deny", protocol, number, "*", address, priority))
         policy["_denyRules"][key] = (nsg_id, name)

@@ -51,10 +51,13 @@ def jit_seed() -> dict[str, Any]:
          "location": OTHER_LOCATION},
         {"name": "nic-long", "subnet": "vnet-jit-demo/subnets/snet-db",
          "privateIPAddress": "10.0.2.10", "networkSecurityGroup": "nsg-db01"},
+        {"name": "nic-bare01", "subnet": "vnet-jit-demo/subnets/snet-db",
+         "privateIPAddress": "10.0.2.11"},
     ]  # fmt: skip
     group["virtualMachines"] += [
         {"name": "vm-north01", "location": OTHER_LOCATION, "networkInterfaces": ["nic-north01"]},
         {"name": "vm-" + "x" * 46, "networkInterfaces": ["nic-long"]},
+        {"name": "vm-bare01", "networkInterfaces": ["nic-bare01"]},
     ]
     seed["resourceGroups"].append(
         {
@@ -449,6 +452,7 @@ SOURCE = "JitPolicyInvalidSourceAddress"
             SOURCE,
         ),
         (LONG_VM, [port_rule()], "JitPolicyNameTooLong"),
+        ("vm-bare01", [port_rule()], "JitPolicyVirtualMachineWithoutNetworkSecurityGroup"),
     ],
 )
 def test_invalid_policies_are_refused_and_change_nothing(
@@ -784,3 +788,34 @@ def test_an_end_time_just_inside_the_maximum_duration_is_accepted(
     with pytest.raises(HttpResponseError) as caught:
         initiate(client, vm_id(arm), seconds=5 * 60 + 2)
     assert caught.value.error.code == "JitRequestDurationTooLong"
+
+
+def test_a_full_nsg_refuses_the_policy_and_keeps_its_rules(
+    arm: ArmServer, client: SecurityCenter, http: requests.Session
+) -> None:
+    # Filling the subnet's NSG to Azure's limit directly in the store is the quick way there;
+    # the NIC's NSG gets its deny rule first, so the refusal must also undo that one.
+    with arm.store.lock:
+        nsg = arm.store.get(nsg_id(arm, "nsg-snet-web"))
+        assert nsg is not None
+        for index in range(1000):
+            name = f"filler-{index}"
+            properties = {
+                "protocol": "Tcp",
+                "sourcePortRange": "*",
+                "destinationPortRange": str(10000 + index),
+                "sourceAddressPrefix": "*",
+                "destinationAddressPrefix": "*",
+                "access": "Allow",
+                "priority": 100 + index,
+                "direction": "Inbound",
+            }
+            nsg["rules"][name] = {"name": name, "properties": properties}
+    before = [arm.snapshot_nsg(nsg_id(arm)), arm.snapshot_nsg(nsg_id(arm, "nsg-snet-web"))]
+    status, code, _message = refusal(
+        http.put(policy_url(arm), json=policy_body((vm_id(arm), [port_rule(22)])))
+    )
+    assert (status, code) == (400, "SecurityRuleCountLimitReached")
+    after = [arm.snapshot_nsg(nsg_id(arm)), arm.snapshot_nsg(nsg_id(arm, "nsg-snet-web"))]
+    assert after == before
+    assert http.get(policy_url(arm)).status_code == 404
