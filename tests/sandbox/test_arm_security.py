@@ -819,3 +819,64 @@ def test_a_full_nsg_refuses_the_policy_and_keeps_its_rules(
     after = [arm.snapshot_nsg(nsg_id(arm)), arm.snapshot_nsg(nsg_id(arm, "nsg-snet-web"))]
     assert after == before
     assert http.get(policy_url(arm)).status_code == 404
+
+
+# ---------------------------------------------------------------------------------- pure logic
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("PT5M", datetime.timedelta(minutes=5)),
+        ("PT3H", datetime.timedelta(hours=3)),
+        ("PT1H30M", datetime.timedelta(minutes=90)),
+        ("P1D", datetime.timedelta(days=1)),
+        ("PT90S", datetime.timedelta(seconds=90)),
+        ("PT", None),
+        ("P1DT", None),
+        ("P1Y", None),
+        ("3h", None),
+        ("", None),
+        (180, None),
+    ],
+)
+def test_durations_are_read_as_iso_8601(text: Any, expected: datetime.timedelta | None) -> None:
+    assert security.parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2018-07-12T09:53:03.3658798Z", (2018, 7, 12, 9, 53, 3, 365879)),
+        ("2018-07-12T09:53:03Z", (2018, 7, 12, 9, 53, 3, 0)),
+        ("2018-07-12T11:53:03.5+02:00", (2018, 7, 12, 9, 53, 3, 500000)),
+        ("2018-07-12 09:53:03", (2018, 7, 12, 9, 53, 3, 0)),
+        ("2018-13-12T09:53:03Z", None),
+        ("yesterday", None),
+        (None, None),
+    ],
+)
+def test_times_are_read_in_utc_with_any_fraction(
+    text: Any, expected: tuple[int, ...] | None
+) -> None:
+    parsed = security.parse_time(text)
+    if expected is None:
+        assert parsed is None
+    else:
+        assert parsed == datetime.datetime(*expected, tzinfo=datetime.timezone.utc)
+
+
+def test_times_are_written_with_seven_fraction_digits() -> None:
+    moment = datetime.datetime(2018, 7, 12, 8, 53, 3, 365879, tzinfo=datetime.timezone.utc)
+    assert security.format_time(moment) == "2018-07-12T08:53:03.3658790Z"
+
+
+def test_the_sandbox_state_dump_includes_policies_as_json(
+    arm: ArmServer, client: SecurityCenter, http: requests.Session
+) -> None:
+    put_policy(client, (vm_id(arm), [port_rule(22)]))
+    initiate(client, vm_id(arm))
+    wait_for(lambda: len(by_access(arm, nsg_id(arm), "Allow")) == 1, "the allow rule")
+    dump = http.get(f"{arm.url}/sandbox/state").json()
+    (policy,) = [r for r in dump["resources"] if r["type"] == security.POLICY_TYPE]
+    assert policy["requests"][0]["virtualMachines"][0]["ports"][0]["status"] == "Initiated"
