@@ -112,9 +112,13 @@ class DefenderAccess:
         confirm_seconds: float = CONFIRM_SECONDS,
         poll_seconds: float = CONFIRM_POLL_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
+        settle_seconds: float | None = None,
     ) -> None:
         self.engine = engine
         self.cloud = cloud
+        self.settle_seconds = engine.lease_seconds if settle_seconds is None else settle_seconds
+        """How long an initiate whose answer was lost may still land in Defender: the
+        request's lease time, after which no call of a dead worker is expected."""
         self.confirm_seconds = confirm_seconds
         self.poll_seconds = poll_seconds
         self.sleep = sleep
@@ -248,17 +252,14 @@ class DefenderAccess:
                 # Defender answered and refused: nothing was opened.
                 self._update(grant, GrantState.REMOVED, audit=("defender_refused", exc.code))
                 raise CloudError(explain_error(exc, vm_name), exc.code, exc.status) from exc
-            self._settle_uncertain(grant, str(exc))
-            if grant.state == GrantState.REMOVED:
-                raise CloudError(explain_error(exc, vm_name), exc.code, exc.status) from exc
+            log.warning("request %s: initiate outcome unknown (%s)", grant.request_id, exc.code)
+            self._settle_uncertain(grant, exc.code or str(exc.status))
             return
         except Exception as exc:
+            log.warning(
+                "request %s: initiate outcome unknown (%s)", grant.request_id, type(exc).__name__
+            )
             self._settle_uncertain(grant, type(exc).__name__)
-            if grant.state == GrantState.REMOVED:
-                raise PlacementError(
-                    f"the initiate call to Defender for Cloud failed ({type(exc).__name__}) "
-                    "and Defender holds no such request"
-                ) from exc
             return
         started = answer.get("startTimeUtc")
         self._update(
@@ -271,10 +272,18 @@ class DefenderAccess:
 
     def _settle_uncertain(self, grant: Grant, error: str) -> None:
         """After an initiate whose outcome is unknown (a dropped connection, a 5xx), or a
-        crash in the middle of one: ask Defender's history whether it happened."""
+        crash in the middle of one: ask Defender's history whether it happened.
+
+        Found: the grant is present. Not found: a call still in flight may land later, so
+        the grant stays ``creating`` until ``settle_seconds`` after the intent was
+        stored, and only then counts as never made.
+        """
         found = self._find(grant)
         if found is None:
-            self._update(grant, GrantState.REMOVED, audit=("defender_initiate_absent", error))
+            assert grant.created_at is not None
+            age = (self.engine.clock() - grant.created_at).total_seconds()
+            if age >= self.settle_seconds:
+                self._update(grant, GrantState.REMOVED, audit=("defender_initiate_absent", error))
             return
         started = found.get("startTimeUtc")
         self._update(
@@ -287,6 +296,13 @@ class DefenderAccess:
     def _wait_open(self, grant: Grant) -> bool:
         deadline = time.monotonic() + self.confirm_seconds
         while True:
+            if grant.state == GrantState.CREATING:
+                self._settle_uncertain(grant, "answer lost")
+                if grant.state == GrantState.REMOVED:
+                    raise PlacementError(
+                        "the initiate call to Defender for Cloud failed and Defender holds no "
+                        "such request; nothing was opened, ask again"
+                    )
             status = self.status(grant)
             if status.state == PortState.OPEN:
                 return True
@@ -339,6 +355,8 @@ class DefenderAccess:
             return
         if grant.state == GrantState.CREATING:
             self._settle_uncertain(grant, "jitbot restarted during initiate")
+            if grant.state == GrantState.CREATING:
+                return  # it may still land; look again at the next sweep
         if grant.state == GrantState.REMOVED:
             engine._fail(
                 request,
@@ -375,6 +393,8 @@ class DefenderAccess:
             self._settle_uncertain(grant, "closing")
             if grant.state == GrantState.REMOVED:
                 return True
+            if grant.state == GrantState.CREATING:
+                return False
         status = self.status(grant)
         if status.state != PortState.CLOSED:
             log.debug("request %s: Defender still reports %s", grant.request_id, status.detail)

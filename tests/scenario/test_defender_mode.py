@@ -10,6 +10,7 @@ endTimeUtc (``Expired``) or when a newer request for the same VM and port comes
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.scenario.harness import (
     wait_until,
     write_policy,
 )
+from tests.scenario.processes import Endpoint, ProcessWorld
 
 WAIT = 30.0
 GROUP = "rg-jit-demo"
@@ -421,3 +423,57 @@ def test_a_subscription_without_plan_2_refuses_the_policy_at_load_and_why_says_s
         assert refused and refused[0].detail["policy"] == "web-defender"
     finally:
         stack.stop()
+
+
+# -- crash safety ----------------------------------------------------------------------
+
+INITIATE_STEPS = {
+    # held before Defender handles it: the kill lands first, and the initiate arrives later
+    "before-defender-has-it": {"stall_seconds": 2},
+    # handled by Defender, the answer held: jitbot dies not knowing it happened
+    "before-jitbot-hears-back": {"reply_delay_seconds": 3},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", list(INITIATE_STEPS))
+def test_a_kill_during_initiate_is_settled_from_defenders_history_after_restart(
+    tmp_path: Path, database_url: str, step: str
+) -> None:
+    policy = write_policy(tmp_path, DEFENDER_POLICY.replace("ALLOWED", "203.0.113.7/32"))
+    world = ProcessWorld(tmp_path, database_url, policy, seed=defender_seed())
+    try:
+        first = world.start_bot("first")
+        driver = Driver(Endpoint(world, first))  # type: ignore[arg-type]
+        status, reply = driver.command("request vm-web01 22 1h from 203.0.113.7")
+        assert status == 200 and "Request #" in reply["text"], reply
+        request_id = int(reply["text"].split("#", 1)[1].split()[0])
+        wait_until(lambda: driver.request(request_id).approval_ts, WAIT, "the approval message")
+        world.arm.add_fault(
+            method="POST", path_contains="/initiate", times=1, **INITIATE_STEPS[step]
+        )
+
+        driver.click("jit_approve", request_id)
+        wait_until(lambda: world.arm.stalls_seen >= 1, WAIT, "the initiate to be held")
+        first.kill()
+        assert world.request(request_id).status == RequestStatus.OPENING
+        recorded = [e.action for e in world.store.audit_events(request_id)]
+        assert recorded[-1] == "rule_intended"  # the intent was stored before the call
+
+        second = world.start_bot("second")
+        driver = Driver(Endpoint(world, second))  # type: ignore[arg-type]
+
+        active = wait_until(
+            lambda: (r := world.request(request_id)).status == RequestStatus.ACTIVE and r,
+            WAIT,
+            "the initiate to be found in Defender's history",
+        )
+        assert active.id == request_id
+        granted = wait_until(lambda: [t for t in driver.dms_to(REQUESTER) if "granted" in t], WAIT)
+        time.sleep(1)
+        assert len([t for t in driver.dms_to(REQUESTER) if "granted" in t]) == len(granted) == 1
+        actions = [e.action for e in world.store.audit_events(request_id)]
+        assert "defender_initiate_found" in actions
+        assert "defender_initiate_absent" not in actions
+    finally:
+        world.close()
