@@ -49,7 +49,7 @@ from jitcore.defender import (
     status_of,
     vm_entry,
 )
-from jitcore.errors import CloudError, PlacementError
+from jitcore.errors import CloudError, JitError, PlacementError
 from jitcore.model import AccessRequest, AuditEvent, Grant, GrantState, RequestStatus
 from jitcore.policy import Policy
 
@@ -165,6 +165,29 @@ class DefenderAccess:
             return plan_refusal(subscription, self.cloud.plan(subscription))
         except CloudError as exc:
             return f"the Defender plan of subscription {subscription} could not be read: {exc}"
+
+    # -- the policy sync ---------------------------------------------------------------
+
+    def sync_all(self, policies: list[Policy], refused: dict[str, str]) -> int:
+        """At start: write the Defender JIT policy entry of every VM of each ``defender``
+        policy in force, so that Defender (and its portal) protects them before anyone
+        asks. A failure is logged and audited; the entry is written again before the
+        VM's next request. Returns how many VMs are in line."""
+        synced = 0
+        for policy in policies:
+            if policy.enforcement != "defender" or policy.name in refused:
+                continue
+            for vm in policy.vms:
+                try:
+                    self.sync_policy(self.cloud.locate(vm), policy)
+                except JitError as exc:
+                    log.warning("Defender policy for %s not written: %s", vm, exc.message)
+                    self.engine.store.audit(
+                        "defender_policy_sync_failed", ACTOR, None, vm=vm, reason=exc.message
+                    )
+                    continue
+                synced += 1
+        return synced
 
     # -- opening -----------------------------------------------------------------------
 

@@ -190,7 +190,8 @@ class Engine:
 
     def check_defender_plans(self) -> dict[str, str]:
         """At start: refuse each ``defender`` policy whose subscription lacks Defender for
-        Servers Plan 2 (or cannot use Defender at all); return the refusals."""
+        Servers Plan 2 (or cannot use Defender at all), write the Defender JIT policies of
+        the others' VMs; return the refusals."""
         defender_policies = [p for p in self.policies.policies if is_defender(p)]
         if not defender_policies:
             return {}
@@ -201,6 +202,8 @@ class Engine:
         else:
             refusals = self.defender.plan_refusals(defender_policies)
         self.policies.refused.update(refusals)
+        if self.defender is not None:
+            self.defender.sync_all(defender_policies, self.policies.refused)
         return refusals
 
     @counts_rejections

@@ -223,9 +223,16 @@ def test_a_request_in_defender_mode_is_opened_by_defender_and_closed_when_it_rep
 def test_a_vm_joins_the_groups_defender_policy_and_the_other_vms_entries_survive(
     stack: SandboxStack, driver: Driver, defender: DefenderGateway
 ) -> None:
-    before = defender.get_policy(GROUP, LOCATION, EXISTING_POLICY)
-    assert before is not None
-    [db_entry] = before["properties"]["virtualMachines"]
+    seeded = defender_seed()["resourceGroups"][0]["jitNetworkAccessPolicies"][0]
+    [db_entry] = seeded["virtualMachines"]
+    web_id = vm_id(stack.arm.subscription_id, "vm-web01").lower()
+
+    at_start = defender.get_policy(GROUP, LOCATION, EXISTING_POLICY)
+    assert at_start is not None
+    assert {m["id"].lower() for m in at_start["properties"]["virtualMachines"]} == {
+        db_entry["id"].lower(),
+        web_id,
+    }  # written when jitbot started, before any request
 
     request_id = request_and_approve(driver, "request vm-web01 22 1h from 203.0.113.7")
     driver.wait_status(request_id, RequestStatus.ACTIVE, timeout=WAIT)
@@ -236,8 +243,7 @@ def test_a_vm_joins_the_groups_defender_policy_and_the_other_vms_entries_survive
     assert after is not None
     machines = {m["id"].lower(): m for m in after["properties"]["virtualMachines"]}
     assert machines[db_entry["id"].lower()] == db_entry
-    web = machines[vm_id(stack.arm.subscription_id, "vm-web01").lower()]
-    assert web["ports"] == [
+    assert machines[web_id]["ports"] == [
         {
             "number": 22,
             "protocol": "TCP",
@@ -247,6 +253,9 @@ def test_a_vm_joins_the_groups_defender_policy_and_the_other_vms_entries_survive
     ]
     [grant] = grants(stack, request_id)
     assert grant.kind == "defender" and grant.rule_name == EXISTING_POLICY
+    assert stack.bot is not None
+    writes = [e for e in stack.bot.store.audit_events() if e.action == "defender_policy_written"]
+    assert len(writes) == 1 and writes[0].detail["lost_vms"] == []
 
 
 def test_ending_early_says_defender_keeps_the_port_open_until_its_end_time(
@@ -340,21 +349,23 @@ def test_an_azure_policy_refusing_the_defender_change_fails_the_request_and_says
     stack: SandboxStack, driver: Driver, defender: DefenderGateway
 ) -> None:
     stack.arm.add_fault(
-        method="PUT",
-        path_contains="/jitNetworkAccessPolicies/",
+        method="POST",
+        path_contains="/initiate",
         status=403,
         code="RequestDisallowedByPolicy",
-        message="Resource 'ops-jit' was disallowed by policy 'deny-security-changes'.",
+        message="Resource 'ops-jit' was disallowed by policy 'deny-jit-requests'.",
     )
     request_id = request_and_approve(driver, "request vm-web01 22 1h from 203.0.113.7")
 
     failed = driver.wait_status(request_id, RequestStatus.FAILED, timeout=WAIT)
 
     assert "Azure Policy assignment" in (failed.failure_reason or "")
-    assert "deny-security-changes" in (failed.failure_reason or "")
-    assert initiate_calls(stack) == []
-    after = defender.get_policy(GROUP, LOCATION, EXISTING_POLICY)
-    assert after is not None and len(after["properties"]["virtualMachines"]) == 1
+    assert "deny-jit-requests" in (failed.failure_reason or "")
+    text = wait_until(
+        lambda: [t for t in driver.dms_to(REQUESTER) if "failed" in t], WAIT, "failure DM"
+    )
+    assert "RequestDisallowedByPolicy" in text[0]
+    assert [r for r in defender_requests(defender) if f"#{request_id}:" in r["justification"]] == []
 
 
 def test_defender_refusing_the_request_as_outside_its_policy_fails_it_with_defenders_words(
