@@ -432,8 +432,12 @@ def status_of(request: dict[str, Any] | None, vm_id: str, ports: Iterable[int]) 
 # -- errors ----------------------------------------------------------------------------
 
 
-def explain_error(error: CloudError, vm_name: str) -> str:
-    """A refusal from Defender as a chat sentence: what happened and what to do."""
+def explain_error(error: CloudError, vm_name: str, writing_policy: bool = False) -> str:
+    """A refusal from Defender as a chat sentence: what happened and what to do.
+
+    ``writing_policy``: the refusal answered jitbot's write of the Defender JIT policy,
+    not an initiate.
+    """
     code = (error.code or "").lower()
     if code == "requestdisallowedbypolicy":
         return (
@@ -453,7 +457,13 @@ def explain_error(error: CloudError, vm_name: str) -> str:
             f"Defender for Cloud refused the request for {vm_name}: the subscription no "
             f"longer has Defender for Servers Plan 2 ({_azure_detail(error)})"
         )
-    if error.status == 400 or code in ("badrequest", "invalidparameter", "invalidinput"):
+    client_error = error.status == 400 or code in ("badrequest", "invalidparameter", "invalidinput")
+    if client_error and writing_policy:
+        return (
+            f"Defender for Cloud refused jitbot's JIT policy for {vm_name} "
+            f"({error.code or 'HTTP 400'}): {_azure_detail(error)}"
+        )
+    if client_error:
         return (
             f"Defender for Cloud refused the request for {vm_name} as outside its JIT "
             f"policy ({error.code or 'HTTP 400'}): {_azure_detail(error)}"

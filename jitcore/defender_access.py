@@ -255,7 +255,8 @@ class DefenderAccess:
             try:
                 written = self.cloud.put_policy(place.resource_group, place.location, name, body)
             except CloudError as exc:
-                raise CloudError(explain_error(exc, place.vm_name), exc.code, exc.status) from exc
+                text = explain_error(exc, place.vm_name, writing_policy=True)
+                raise CloudError(text, exc.code, exc.status) from exc
             lost = lost_entries(current, written)
             self.engine.store.audit(
                 "defender_policy_written", ACTOR, request_id, **where, lost_vms=lost

@@ -379,6 +379,14 @@ def test_defender_refusals_become_sentences_that_say_what_to_do() -> None:
     text = explain_error(outside, "vm-web01")
     assert "outside its JIT policy" in text
     assert "not allowed by the JIT policy" in text
+    in_another = CloudError(
+        "Azure refused to x: JitPolicyVirtualMachineInAnotherPolicy: already in 'ops'.",
+        "JitPolicyVirtualMachineInAnotherPolicy",
+        400,
+    )
+    written = explain_error(in_another, "vm-web01", writing_policy=True)
+    assert written.startswith("Defender for Cloud refused jitbot's JIT policy for vm-web01")
+    assert "already in 'ops'" in written
 
 
 # -- the jitbot policy in defender mode ------------------------------------------------
