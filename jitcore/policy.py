@@ -131,6 +131,18 @@ class Policy(BaseModel):
                 "enforcement defender cannot be combined with firewall: Defender for Cloud "
                 "manages its own firewall rules; use enforcement nsg for a classic firewall"
             )
+        too_wide = [
+            source
+            for source in self.allowed_sources
+            if ipaddress.ip_network(source).prefixlen
+            < (self.widest_source_v4 if ":" not in source else self.widest_source_v6)
+        ]
+        if too_wide:
+            raise ValueError(
+                "with enforcement defender, a request's source must equal an allowed source, "
+                "so none may be wider than widest_source_v4/widest_source_v6: "
+                + ", ".join(too_wide)
+            )
         short = [rule.port for rule in self.ports if rule.max_duration < DEFENDER_MIN_DURATION]
         if short:
             raise ValueError(

@@ -431,3 +431,9 @@ def test_nsg_mode_keeps_accepting_a_single_address_inside_an_allowed_range() -> 
     checked = check_request(policies, "vm-web01", [22], timedelta(hours=1), "198.51.100.7")
 
     assert checked.source_prefix == "198.51.100.7/32"
+
+
+def test_defender_mode_refuses_an_allowed_source_nobody_could_request_at_load() -> None:
+    with pytest.raises(PolicyError, match="none may be wider than widest_source_v4"):
+        parse_policies(policy_data(allowed_sources=["10.0.0.0/16"]))
+    parse_policies(policy_data(allowed_sources=["10.0.0.0/16"], widest_source_v4=16))
