@@ -167,6 +167,20 @@ def grants(stack: SandboxStack, request_id: int) -> list[Grant]:
     return stack.bot.engine.grants_of(request_id)
 
 
+def defender_allows(stack: SandboxStack, nsg: str = "nsg-web01") -> list[dict[str, Any]]:
+    """The allow rules Defender wrote in an NSG on vm-web01's path."""
+    nsg_id = (
+        f"/subscriptions/{stack.arm.subscription_id}/resourceGroups/{GROUP}"
+        f"/providers/Microsoft.Network/networkSecurityGroups/{nsg}"
+    )
+    return [
+        rule
+        for rule in stack.arm.snapshot_nsg(nsg_id)
+        if rule["name"].startswith("SecurityCenter-JITRule")
+        and rule["properties"]["access"] == "Allow"
+    ]
+
+
 def initiate_calls(stack: SandboxStack) -> list[dict[str, Any]]:
     return [
         call
@@ -197,6 +211,9 @@ def test_a_request_in_defender_mode_is_opened_by_defender_and_closed_when_it_rep
     )
     assert active.ends_at is not None
     assert abs((datetime.fromisoformat(port["endTimeUtc"]) - active.ends_at).total_seconds()) < 1
+    [allow] = defender_allows(stack)
+    assert allow["properties"]["sourceAddressPrefix"] == "203.0.113.7"
+    assert allow["properties"]["destinationPortRange"] == "22"
     granted = wait_until(
         lambda: [t for t in driver.dms_to(REQUESTER) if "Access granted" in t], WAIT, "granted DM"
     )
@@ -208,6 +225,7 @@ def test_a_request_in_defender_mode_is_opened_by_defender_and_closed_when_it_rep
     assert closed.end_reason == "expired"
     [ours] = [r for r in defender_requests(defender) if "#" + str(request_id) in r["justification"]]
     assert port_statuses(ours) == [("Revoked", "Expired")]
+    assert defender_allows(stack) == []
     text = wait_until(
         lambda: [t for t in driver.dms_to(REQUESTER) if "is closed" in t], WAIT, "closed DM"
     )
@@ -488,3 +506,22 @@ def test_a_kill_during_initiate_is_settled_from_defenders_history_after_restart(
         assert "defender_initiate_absent" not in actions
     finally:
         world.close()
+
+
+def test_why_names_defender_enforcement_and_extending_is_refused_with_the_reason(
+    stack: SandboxStack, driver: Driver
+) -> None:
+    status, why = driver.command("why vm-web01 22")
+    assert status == 200
+    assert "Enforcement: Defender for Cloud JIT" in why["text"]
+    assert "was refused" not in why["text"]
+    request_id = request_and_approve(driver, "request vm-web01 22 1h from 203.0.113.7")
+    driver.wait_status(request_id, RequestStatus.ACTIVE, timeout=WAIT)
+
+    status, reply = driver.command(f"extend {request_id} 2h")
+
+    assert status == 200
+    assert "Defender for Cloud, which cannot extend a JIT request" in reply["text"]
+    active = driver.request(request_id)
+    assert active.status == RequestStatus.ACTIVE
+    assert "extend_refused" in audit_actions(stack, request_id)
