@@ -276,23 +276,24 @@ class DefenderAccess:
                 # Defender answered and refused: nothing was opened.
                 self._update(grant, GrantState.REMOVED, audit=("defender_refused", exc.code))
                 raise CloudError(explain_error(exc, vm_name), exc.code, exc.status) from exc
-            log.warning("request %s: initiate outcome unknown (%s)", grant.request_id, exc.code)
-            self._settle_uncertain(grant, exc.code or str(exc.status))
-            return
+            error = exc.code or str(exc.status)
         except Exception as exc:
-            log.warning(
-                "request %s: initiate outcome unknown (%s)", grant.request_id, type(exc).__name__
+            error = type(exc).__name__
+        else:
+            started = answer.get("startTimeUtc")
+            self._update(
+                grant,
+                GrantState.PRESENT,
+                rule={**grant.rule, "startTimeUtc": started},
+                audit=("defender_initiated", None),
             )
-            self._settle_uncertain(grant, type(exc).__name__)
+            log.info("request %s: Defender initiated at %s", grant.request_id, started)
             return
-        started = answer.get("startTimeUtc")
-        self._update(
-            grant,
-            GrantState.PRESENT,
-            rule={**grant.rule, "startTimeUtc": started},
-            audit=("defender_initiated", None),
-        )
-        log.info("request %s: Defender initiated at %s", grant.request_id, started)
+        log.warning("request %s: initiate outcome unknown (%s)", grant.request_id, error)
+        try:
+            self._settle_uncertain(grant, error)
+        except CloudError as exc:  # settled later, by the wait or the sweep
+            log.warning("request %s: Defender unreadable (%s)", grant.request_id, exc.code)
 
     def _settle_uncertain(self, grant: Grant, error: str) -> None:
         """After an initiate whose outcome is unknown (a dropped connection, a 5xx), or a
@@ -318,16 +319,16 @@ class DefenderAccess:
         )
 
     def _wait_open(self, grant: Grant) -> bool:
+        """Poll Defender until it reports the ports open, for ``confirm_seconds``. A read
+        that fails counts as "not known yet": once the initiate may have happened, the
+        request is never failed as if nothing were open."""
         deadline = time.monotonic() + self.confirm_seconds
         while True:
-            if grant.state == GrantState.CREATING:
-                self._settle_uncertain(grant, "answer lost")
-                if grant.state == GrantState.REMOVED:
-                    raise PlacementError(
-                        "the initiate call to Defender for Cloud failed and Defender holds no "
-                        "such request; nothing was opened, ask again"
-                    )
-            status = self.status(grant)
+            try:
+                status = self._current(grant)
+            except CloudError as exc:
+                log.warning("request %s: Defender unreadable (%s)", grant.request_id, exc.code)
+                status = DefenderStatus(PortState.UNKNOWN, detail=f"unreadable: {exc.code}")
             if status.state == PortState.OPEN:
                 return True
             if status.state == PortState.CLOSED:
@@ -341,6 +342,16 @@ class DefenderAccess:
                 )
                 return False
             self.sleep(self.poll_seconds)
+
+    def _current(self, grant: Grant) -> DefenderStatus:
+        if grant.state == GrantState.CREATING:
+            self._settle_uncertain(grant, "answer lost")
+            if grant.state == GrantState.REMOVED:
+                raise PlacementError(
+                    "the initiate call to Defender for Cloud failed and Defender holds no "
+                    "such request; nothing was opened, ask again"
+                )
+        return self.status(grant)
 
     # -- following ---------------------------------------------------------------------
 

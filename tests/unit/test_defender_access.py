@@ -42,6 +42,7 @@ class FakeDefender:
         self.fail_initiate: CloudError | None = None
         self.record_despite_failure = False
         self.drop_on_put: str | None = None
+        self.unreadable_after_initiate = False
         self._lock = threading.Lock()
 
     def lock_for(self, resource_group: str, location: str) -> threading.Lock:
@@ -57,6 +58,8 @@ class FakeDefender:
         return [copy.deepcopy(p) for p in self.policies.values()]
 
     def get_policy(self, resource_group: str, location: str, name: str) -> dict[str, Any] | None:
+        if self.unreadable_after_initiate and self.initiates:
+            raise CloudError("Azure failed: 503", "ServiceUnavailable", 503)
         policy = self.policies.get(name)
         return copy.deepcopy(policy) if policy else None
 
@@ -301,3 +304,20 @@ def test_defender_requests_cannot_be_extended(world) -> None:
 
     with pytest.raises(RequestRejected, match="cannot extend"):
         engine.extend(request_id, "U0REQ12345", timedelta(hours=2))
+
+
+def test_defender_unreadable_after_initiate_leaves_the_request_opening_not_failed(world) -> None:
+    engine, defender, notifier, clock = world
+    defender.unreadable_after_initiate = True
+
+    request_id = approved(engine)
+
+    assert status(engine, request_id) == RequestStatus.OPENING  # it may well be open
+    assert ("failed", request_id) not in notifier.events
+    engine.sweep()
+    assert status(engine, request_id) == RequestStatus.OPENING
+
+    defender.unreadable_after_initiate = False
+    engine.sweep()
+
+    assert status(engine, request_id) == RequestStatus.ACTIVE
