@@ -456,6 +456,9 @@ class Engine:
             return
         except Exception as exc:  # a bug or an unexpected SDK error
             log.exception("opening request %s through Defender failed unexpectedly", request.id)
+            grant = self.defender.grant_of(request.id) if self.defender else None
+            if grant is not None and grant.state != GrantState.REMOVED:
+                return  # Defender may have opened it: the sweep follows it, never "failed"
             self._fail(request, f"unexpected error while opening: {type(exc).__name__}")
             return
         if opened:
