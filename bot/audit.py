@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -57,19 +57,37 @@ def row(event: AuditEvent) -> dict[str, Any]:
     }
 
 
-def write(events: Iterable[AuditEvent], fmt: str, out: TextIO) -> int:
+def write(
+    events: Iterable[AuditEvent],
+    fmt: str,
+    out: TextIO,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Write ``events`` to ``out`` in ``fmt``; return how many were written.
 
     CSV holds one line per event with ``detail`` as a JSON object in its column; JSON is
-    one array of objects. Times are UTC in ISO 8601.
+    one array of objects. Times are UTC in ISO 8601. Rows are written one by one, and
+    ``progress(done, total)`` is told as they go (about a hundred times in all, and once
+    at the end), so a long export can show a progress bar.
     """
     rows = [row(event) for event in events]
+    total = len(rows)
+    step = max(1, total // 100)
     if fmt == "json":
-        json.dump(rows, out, indent=1, sort_keys=True)
-        out.write("\n")
-        return len(rows)
-    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for item in rows:
-        writer.writerow({**item, "detail": json.dumps(item["detail"], sort_keys=True)})
-    return len(rows)
+        out.write("[" if rows else "[]")
+    else:
+        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+    for done, item in enumerate(rows, start=1):
+        if fmt == "json":
+            text = json.dumps(item, indent=1, sort_keys=True).replace("\n", "\n ")
+            out.write(("\n " if done == 1 else ",\n ") + text)
+        else:
+            writer.writerow({**item, "detail": json.dumps(item["detail"], sort_keys=True)})
+        if progress is not None and (done % step == 0 or done == total):
+            progress(done, total)
+    if fmt == "json":
+        out.write("\n]\n" if rows else "\n")
+    if progress is not None and total == 0:
+        progress(0, 0)
+    return total

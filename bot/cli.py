@@ -165,11 +165,13 @@ def _audit_export(fmt: str, since_text: str | None, output: Path | None) -> int:
         return 1
     finally:
         engine.dispose()
+    # The bar goes to stderr, and only on a terminal: the export itself stays clean.
+    progress = _progress_bar("export") if sys.stderr.isatty() else None
     if output is None:
-        audit.write(events, fmt, sys.stdout)
+        audit.write(events, fmt, sys.stdout, progress)
         return 0
     with output.open("w", encoding="utf-8", newline="") as out:
-        count = audit.write(events, fmt, out)
+        count = audit.write(events, fmt, out, progress)
     print(f"{count} audit event(s) written to {output}", file=sys.stderr)
     return 0
 
