@@ -53,11 +53,26 @@ def main(argv: list[str] | None = None) -> int:
     audit = commands.add_parser("audit", help="read the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="WHAT")
     export = audit_commands.add_parser(
-        "export", help="write the audit log as CSV or JSON (needs only DATABASE_URL)"
+        "export",
+        help="write the audit log as CSV or JSON (needs only DATABASE_URL)",
+        description=(
+            "Write every audit event, oldest first, as CSV or JSON. Needs only DATABASE_URL "
+            "and never writes to the database. On a terminal a progress bar is drawn on "
+            "standard error; the export itself stays clean."
+        ),
+        epilog="example: jitbot audit export --format json --since 2025-01-01 --output a.json",
     )
-    export.add_argument("--format", choices=("csv", "json"), default="csv")
-    export.add_argument("--since", help="only events at or after this ISO 8601 date or time")
-    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    export.add_argument(
+        "--format", choices=("csv", "json"), default="csv", help="csv (default) or json"
+    )
+    export.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only events at or after this ISO 8601 date or time (UTC unless it names a zone)",
+    )
+    export.add_argument(
+        "--output", type=Path, metavar="FILE", help="file to write (default: standard output)"
+    )
 
     sandbox = commands.add_parser(
         "sandbox", help="run the bot against local stand-ins of Azure and Slack"
@@ -76,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     send = commands.add_parser(
-        "send", help="sign and send a Slack request to a running `jitbot sandbox`"
+        "send",
+        help="sign and send a Slack request to a running `jitbot sandbox`",
+        description=(
+            "Send a slash command or a button click to a running `jitbot sandbox`, as Slack "
+            "would: a signed HTTP request, or an envelope on the Socket Mode link when the "
+            "sandbox runs with --socket-mode."
+        ),
     )
     send.add_argument("--dir", type=Path, default=SANDBOX_DIR)
     send.add_argument("--user", default=None, help="Slack user id sending it")

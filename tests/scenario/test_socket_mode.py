@@ -4,12 +4,14 @@ outcome as over HTTP; lost acks and dropped links are survived without double wo
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bot.cli import SANDBOX_STATE, main
 from bot.sandbox import SANDBOX_APP_TOKEN, SandboxStack
 from jitcore.model import RequestStatus
 from sandbox.slack import sender
@@ -181,3 +183,26 @@ def test_readiness_fails_while_the_socket_is_down(sqlite_stack: SandboxStack) ->
     wait_until(lambda: not sqlite_stack.bot.ready(), 30, "readiness to notice the lost link")
     sqlite_stack.slack.socket.wait_connected(count=2, timeout=30)
     wait_until(lambda: sqlite_stack.bot.ready(), 30, "readiness after reconnecting")
+
+
+def test_jitbot_send_pushes_through_the_socket_of_a_socket_mode_sandbox(
+    sqlite_stack: SandboxStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "send"
+    state.mkdir()
+    (state / SANDBOX_STATE).write_text(json.dumps(sqlite_stack.describe()), encoding="utf-8")
+
+    assert (
+        main(["send", "--dir", str(state), "command", "request vm-web01 22 1h from 203.0.113.9"])
+        == 0
+    )
+    wait_until(lambda: SocketDriver(sqlite_stack).request(1), 30, "request #1")
+    wait_until(lambda: SocketDriver(sqlite_stack).request(1).approval_ts, 30, "its approval post")
+    assert main(["send", "--dir", str(state), "approve", "1"]) == 0
+
+    SocketDriver(sqlite_stack).wait_status(1, RequestStatus.ACTIVE, timeout=30)
+    out = capsys.readouterr().out
+    assert "Request #1 for port 22 on *vm-web01* (1h) was sent to the approvers" in out
+    types = [d["envelope"]["type"] for d in sqlite_stack.slack.socket.deliveries()]
+    assert types == ["slash_commands", "interactive"]
+    assert sqlite_stack.describe()["mode"] == "socket"
