@@ -16,8 +16,10 @@ Slack's Socket Mode, as the app sees it:
 
 Here the URL is ``ws://`` on the stand-in's own port (slack_sdk's built-in client speaks
 plain WebSocket to any port but 443). Tests push envelopes with `SocketHub.push` (or
-``POST /sandbox/socket/push``) and can lose acks (`SocketHub.lose_acks`) or drop every
-socket (`SocketHub.drop_connections`) to exercise retries and reconnection.
+``POST /sandbox/socket/push``) and can lose acks (`SocketHub.lose_acks`), drop every
+socket (`SocketHub.drop_connections`) or ask for a reconnection the way Slack does
+(`SocketHub.request_refresh`: a ``disconnect`` message, then the close) to exercise
+retries and reconnection.
 """
 
 from __future__ import annotations
@@ -267,6 +269,29 @@ class SocketHub:
             links = list(self._links)
         for link in links:
             link.close()
+        return len(links)
+
+    def request_refresh(self, reason: str = "refresh_requested", grace: float = 1.0) -> int:
+        """Tell every open link to reconnect, as Slack does before it recycles a server:
+        a ``disconnect`` message, then the link is closed ``grace`` seconds later.
+        Return how many links were told."""
+        with self._changed:
+            links = [link for link in self._links if link.open]
+        message = {
+            "type": "disconnect",
+            "reason": reason,
+            "debug_info": {"host": "applink-sandbox"},
+        }
+        for link in links:
+            try:
+                link.send_text(message)
+            except OSError:
+                continue
+            timer = threading.Timer(grace, link.close)
+            timer.daemon = True
+            with self._changed:
+                self._timers.append(timer)
+            timer.start()
         return len(links)
 
     def close(self) -> None:

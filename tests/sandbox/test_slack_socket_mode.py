@@ -139,3 +139,16 @@ def test_an_envelope_pushed_while_no_socket_is_open_waits_for_one(slack: SlackSe
         assert slack.socket.wait_ack(envelope_id, timeout=30) == {"got": "interactive"}
     finally:
         client.close()
+
+
+def test_a_disconnect_message_makes_the_client_open_a_new_link(slack: SlackServer) -> None:
+    client, _seen = connect(slack)
+    try:
+        assert slack.socket.request_refresh(grace=5.0) == 1
+
+        slack.socket.wait_connected(count=2, timeout=30)
+        assert len(slack.calls("apps.connections.open")) == 2
+        envelope_id = slack.socket.push("interactive", {"type": "block_actions"})
+        assert slack.socket.wait_ack(envelope_id, timeout=30) == {"got": "interactive"}
+    finally:
+        client.close()

@@ -5,6 +5,7 @@ outcome as over HTTP; lost acks and dropped links are survived without double wo
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,8 +131,9 @@ def test_an_event_whose_ack_was_lost_is_delivered_again_and_handled_once(
     assert retry["payload"]["event_id"] == hub.deliveries()[0]["envelope"]["payload"]["event_id"]
     assert hub.deliveries()[0]["ack_lost"] is True
     publishes = sqlite_stack.slack.wait_for("views.publish", timeout=30)
-    assert len(publishes) == 1 and publishes[0]["args"]["user_id"] == REQUESTER
-    assert len([d for d in hub.deliveries() if d["acked"]]) == 1
+    assert publishes[0]["args"]["user_id"] == REQUESTER
+    time.sleep(2)  # the home is published after the ack: give a second handling time to show
+    assert len(sqlite_stack.slack.calls("views.publish")) == 1
 
 
 def test_the_bot_reconnects_after_slack_drops_the_socket(sqlite_stack: SandboxStack) -> None:
