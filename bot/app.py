@@ -72,8 +72,11 @@ class JitBot:
             log.exception("warning of expiring grants failed; trying again at the next interval")
 
     def _connect_socket_mode(self) -> None:
-        """Open the Socket Mode link; slack_sdk keeps it open and reconnects when it drops."""
-        from bot.socket_mode import socket_mode_handler
+        """Open the Socket Mode link; slack_sdk keeps it open and reconnects when it drops.
+
+        Raises SocketModeRefused when Slack refuses the app token.
+        """
+        from bot.socket_mode import connect, socket_mode_handler
 
         assert self.settings.slack_app_token is not None
         self.socket = socket_mode_handler(
@@ -82,7 +85,7 @@ class JitBot:
             lambda key: self.store.first_sighting(key, utcnow()),
             self.settings.socket_ping_interval,
         )
-        self.socket.connect()
+        connect(self.socket)
         log.info("Socket Mode: connected to Slack; /slack/events is not served over HTTP")
 
     def stop(self) -> None:

@@ -200,11 +200,17 @@ def _audit_export(fmt: str, since_text: str | None, output: Path | None) -> int:
 def _serve() -> int:
     from bot.app import build
     from bot.serve import HttpServer
+    from bot.socket_mode import SocketModeRefused
 
     settings = _load_settings()
     configure_logging(settings.log_level, settings.log_format)
     bot = build(settings)
-    bot.start()
+    try:
+        bot.start()
+    except SocketModeRefused as exc:
+        bot.stop()
+        print(f"jitbot: {exc}", file=sys.stderr)
+        return 1
     server = HttpServer(bot, settings.host, settings.port, settings.http_threads)
     _stop_on_signals(server)
     try:

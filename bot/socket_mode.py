@@ -19,11 +19,17 @@ from collections.abc import Callable
 
 from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_sdk.errors import SlackApiError
 from slack_sdk.socket_mode.builtin import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
 log = logging.getLogger(__name__)
+
+
+class SocketModeRefused(RuntimeError):
+    """Slack would not open a Socket Mode link; the message names the setting and Slack's
+    error code, never the token."""
 
 
 def delivery_key(request: SocketModeRequest) -> str:
@@ -78,7 +84,23 @@ class DedupingSocketModeHandler(SocketModeHandler):
 def socket_mode_handler(
     bolt: App, app_token: str, first_sighting: Callable[[str], bool], ping_interval: float
 ) -> DedupingSocketModeHandler:
-    """The handler for ``bolt``; call ``connect()`` to open the link, ``close()`` to end it."""
+    """The handler for ``bolt``; call `connect` to open the link, ``close()`` to end it."""
     handler = DedupingSocketModeHandler(bolt, app_token, first_sighting, ping_interval)
     handler.client.logger = logging.getLogger("bot.socket_mode.client")
     return handler
+
+
+def connect(handler: DedupingSocketModeHandler) -> None:
+    """Open the first link; raise SocketModeRefused when Slack refuses the app token.
+
+    Later links (after a drop) are opened by slack_sdk itself, which retries on errors.
+    """
+    try:
+        handler.connect()
+    except SlackApiError as exc:
+        error = exc.response.get("error") if exc.response is not None else None
+        raise SocketModeRefused(
+            f"Slack refused to open a Socket Mode link ({error or 'no answer'}); check "
+            "JITBOT_SLACK_APP_TOKEN (an app-level token with connections:write) and that "
+            "Socket Mode is enabled for the app"
+        ) from None

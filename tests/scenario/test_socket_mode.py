@@ -14,6 +14,7 @@ import pytest
 
 from bot.cli import SANDBOX_STATE, main
 from bot.sandbox import SANDBOX_APP_TOKEN, SandboxStack
+from bot.socket_mode import SocketModeRefused
 from jitcore.model import RequestStatus
 from sandbox.slack import sender
 from tests.scenario.harness import (
@@ -208,3 +209,23 @@ def test_jitbot_send_pushes_through_the_socket_of_a_socket_mode_sandbox(
     types = [d["envelope"]["type"] for d in sqlite_stack.slack.socket.deliveries()]
     assert types == ["slash_commands", "interactive"]
     assert sqlite_stack.describe()["mode"] == "socket"
+
+
+def test_a_refused_app_token_stops_the_start_with_a_clear_error_without_the_token(
+    tmp_path: Path,
+) -> None:
+    wrong = "xapp-1-A0JITBOT01-0000000000-notthetoken"
+    stack = SandboxStack(
+        tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'refused.db'}",
+        policy_file=write_policy(tmp_path),
+        settings={"slack_app_token": wrong},
+    )
+    try:
+        with pytest.raises(SocketModeRefused) as refused:
+            stack.start()
+    finally:
+        stack.stop()
+    assert "(invalid_auth)" in str(refused.value)
+    assert "JITBOT_SLACK_APP_TOKEN" in str(refused.value)
+    assert wrong not in str(refused.value)
