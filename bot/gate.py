@@ -227,7 +227,6 @@ class AccessGate:
         """``/jit audit``: admins (the configure actions, as for ``admin``) read it all;
         an approver reads what concerns the VMs of the policies they approve."""
         principal = self._principal(user_id)
-        admin = self._is_admin(user_id, principal)
         now = self.engine.clock()
         since = (
             now - command.since
@@ -239,27 +238,22 @@ class AccessGate:
         if command.vm is not None:
             vm_name = self._policy_vm_name(command.vm)
             policy = self.engine.policy_for(vm_name)
-            if not admin and user_id not in policy.approvers:
+            if user_id not in policy.approvers and not self._is_admin(user_id, principal):
                 self.store.audit("audit_refused", user_id, None, vm=vm_name)
                 return messages.audit_refused(vm_name, policy.name)
-        elif not admin:
-            approved = [p for p in self.engine.policies.policies if user_id in p.approvers]
-            if not approved:
-                self.store.audit("audit_refused", user_id, None)
-                return messages.audit_refused(None, None)
-
-            def visible(name: str | None) -> bool:
-                return name is not None and any(p.match(name) for p in approved)
-
-        entries = audit.recent_events(self.store, since, vm_name, command.user_id, visible)
-        if vm_name is not None:
             scope = f"*{messages.escape(vm_name)}*"
-        elif command.user_id is not None:
-            scope = messages.mention(command.user_id)
         else:
-            scope = "every VM"
-        if command.vm is not None and command.user_id is not None:
-            scope += f" and {messages.mention(command.user_id)}"
+            if not self._is_admin(user_id, principal):
+                approved = [p for p in self.engine.policies.policies if user_id in p.approvers]
+                if not approved:
+                    self.store.audit("audit_refused", user_id, None)
+                    return messages.audit_refused(None, None)
+
+                def visible(name: str | None) -> bool:
+                    return name is not None and any(p.match(name) for p in approved)
+
+            scope = messages.mention(command.user_id) if command.user_id else "every VM"
+        entries = audit.recent_events(self.store, since, vm_name, command.user_id, visible)
         return messages.audit_text(entries, scope, since, limited=visible is not None)
 
     def _is_admin(self, user_id: str, principal: ResolvedPrincipal) -> bool:

@@ -446,6 +446,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not (upgrade and key):
             self._send(_Answer(400, "expected a WebSocket upgrade"))
             return
+        if self.headers.get("Sec-WebSocket-Version", "").strip() != "13":
+            self._send(_Answer(426, "WebSocket version 13 only", {"Sec-WebSocket-Version": "13"}))
+            return
         if not self.sandbox.socket.redeem(ticket):
             self._send(_Answer(401, "invalid or used ticket"))
             return

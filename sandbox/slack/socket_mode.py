@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 ENVELOPE_TYPES = ("slash_commands", "interactive", "events_api")
 MAX_EVENT_RETRIES = 3
+MAX_FRAME_BYTES = 1024 * 1024
+"""Larger frames from the app end the link (an ack is a few hundred bytes)."""
 
 _TEXT, _CLOSE, _PING, _PONG, _CONTINUATION = 0x1, 0x8, 0x9, 0xA, 0x0
 
@@ -81,6 +83,8 @@ def read_frame(stream: BinaryIO) -> tuple[bool, int, bytes]:
         (size,) = struct.unpack("!Q", _read_exactly(stream, 8))
     if not masked:
         raise ConnectionError("a client frame must be masked")
+    if size > MAX_FRAME_BYTES:
+        raise ConnectionError(f"a {size}-byte frame is larger than {MAX_FRAME_BYTES}")
     mask = _read_exactly(stream, 4)
     data = bytes(b ^ mask[i % 4] for i, b in enumerate(_read_exactly(stream, size)))
     return final, opcode, data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -152,3 +153,29 @@ def test_a_disconnect_message_makes_the_client_open_a_new_link(slack: SlackServe
         assert slack.socket.wait_ack(envelope_id, timeout=30) == {"got": "interactive"}
     finally:
         client.close()
+
+
+def handshake(slack: SlackServer, ticket: str, version: str = "13") -> bytes:
+    """A raw WebSocket upgrade request to the stand-in; return the start of its answer."""
+    with socket.create_connection((slack.host, slack.port), timeout=10) as conn:
+        conn.sendall(
+            (
+                f"GET /link/?ticket={ticket} HTTP/1.1\r\nHost: {slack.host}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                f"Sec-WebSocket-Version: {version}\r\n\r\n"
+            ).encode()
+        )
+        return conn.recv(4096)
+
+
+def test_the_websocket_upgrade_needs_a_live_ticket_and_version_13(slack: SlackServer) -> None:
+    url = WebClient(base_url=slack.url).apps_connections_open(app_token=slack.app_token)["url"]
+    ticket = url.split("ticket=", 1)[1].split("&", 1)[0]
+
+    assert b" 401 " in handshake(slack, "not-a-ticket").split(b"\r\n", 1)[0]
+    assert b" 426 " in handshake(slack, ticket, version="8").split(b"\r\n", 1)[0]
+    answer = handshake(slack, ticket)
+    assert b" 101 " in answer.split(b"\r\n", 1)[0]
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in answer
+    assert b" 401 " in handshake(slack, ticket).split(b"\r\n", 1)[0]
