@@ -229,3 +229,30 @@ def test_a_refused_app_token_stops_the_start_with_a_clear_error_without_the_toke
     assert "(invalid_auth)" in str(refused.value)
     assert "JITBOT_SLACK_APP_TOKEN" in str(refused.value)
     assert wrong not in str(refused.value)
+
+
+def test_an_event_arriving_while_the_database_is_down_is_not_acked_and_handled_on_retry(
+    sqlite_stack: SandboxStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert sqlite_stack.bot is not None
+    store = sqlite_stack.bot.store
+    record = store.first_sighting
+    failures = []
+
+    def database_down_once(key: str, now: object) -> bool:
+        if not failures:
+            failures.append(key)
+            raise OSError("database unavailable")
+        return record(key, now)
+
+    monkeypatch.setattr(store, "first_sighting", database_down_once)
+    hub = sqlite_stack.slack.socket
+    event = {"type": "app_home_opened", "user": REQUESTER, "channel": "D0REQ12345", "tab": "home"}
+    hub.push("events_api", sender.socket_envelope(sender.event_body(event))[1])
+
+    publishes = sqlite_stack.slack.wait_for("views.publish", timeout=30)
+
+    first, retry = hub.deliveries()[:2]
+    assert not first["acked"] and retry["acked"]
+    assert retry["envelope"]["retry_attempt"] == 1
+    assert failures and publishes[0]["args"]["user_id"] == REQUESTER
