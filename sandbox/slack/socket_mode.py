@@ -317,13 +317,15 @@ class SocketHub:
         """Send ``payload`` to the app as an envelope; return its envelope_id.
 
         ``accepts_response_payload`` defaults as Slack sets it: true for slash commands
-        and interactions that may answer in the ack (a view_submission's
-        ``response_action``), false for events. With no open link the envelope waits for one.
+        (the ack may carry the answer) and view submissions (a ``response_action``), false
+        for events, clicks and shortcuts. With no open link the envelope waits for one.
         """
         if envelope_type not in ENVELOPE_TYPES:
             raise ValueError(f"envelope type must be one of {', '.join(ENVELOPE_TYPES)}")
         if accepts_response_payload is None:
-            accepts_response_payload = envelope_type != "events_api"
+            accepts_response_payload = envelope_type == "slash_commands" or (
+                envelope_type == "interactive" and payload.get("type") == "view_submission"
+            )
         pending = _Pending(envelope_type, copy.deepcopy(payload), accepts_response_payload)
         return self._deliver(pending)
 

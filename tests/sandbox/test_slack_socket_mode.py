@@ -102,6 +102,23 @@ def test_an_envelope_reaches_the_client_and_its_ack_payload_comes_back(
         client.close()
 
 
+@pytest.mark.parametrize(
+    ("envelope_type", "payload", "accepts"),
+    [
+        ("slash_commands", {"command": "/jit"}, True),
+        ("interactive", {"type": "view_submission"}, True),
+        ("interactive", {"type": "block_actions"}, False),
+        ("events_api", {"event_id": "Ev0NOANSWER"}, False),
+    ],
+)
+def test_accepts_response_payload_is_set_as_slack_sets_it(
+    slack: SlackServer, envelope_type: str, payload: dict, accepts: bool
+) -> None:
+    slack.socket.push(envelope_type, payload)
+    [delivery] = slack.socket.deliveries()
+    assert delivery["envelope"]["accepts_response_payload"] is accepts
+
+
 def test_an_unacked_event_is_delivered_again_with_its_retry_attempt(slack: SlackServer) -> None:
     client, seen = connect(slack, answer=False)
     try:

@@ -182,8 +182,13 @@ def test_the_app_token_never_appears_in_the_logs(
 
 def test_readiness_fails_while_the_socket_is_down(sqlite_stack: SandboxStack) -> None:
     assert sqlite_stack.bot is not None and sqlite_stack.bot.ready()
+    # Slack answers no new link for now, so the bot stays without one until cleared.
+    sqlite_stack.slack.add_fault("apps.connections.open", error="internal_error", times=None)
     sqlite_stack.slack.socket.drop_connections()
     wait_until(lambda: not sqlite_stack.bot.ready(), 30, "readiness to notice the lost link")
+    sqlite_stack.slack.wait_for("apps.connections.open", count=2, timeout=30)
+    assert not sqlite_stack.bot.ready()
+    sqlite_stack.slack.clear_faults()
     sqlite_stack.slack.socket.wait_connected(count=2, timeout=30)
     wait_until(lambda: sqlite_stack.bot.ready(), 30, "readiness after reconnecting")
 
