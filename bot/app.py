@@ -51,10 +51,13 @@ class JitBot:
     metrics: Metrics | None = None
     gate: AccessGate | None = None
     defender: DefenderGateway | None = None
+    socket: Any = None
 
     def start(self) -> None:
         self.engine.check_defender_plans()  # before the first sweep opens anything
         self.clock.start()
+        if self.settings.socket_mode:
+            self._connect_socket_mode()
         if self.settings.expiry_warning_seconds > 0:
             self.clock.scheduler.add_job(
                 self._warn_expiring,
@@ -71,7 +74,27 @@ class JitBot:
         except Exception:
             log.exception("warning of expiring grants failed; trying again at the next interval")
 
+    def _connect_socket_mode(self) -> None:
+        """Open the Socket Mode link; slack_sdk keeps it open and reconnects when it drops.
+
+        Raises SocketModeRefused when Slack refuses the app token.
+        """
+        from bot.socket_mode import connect, socket_mode_handler
+
+        assert self.settings.slack_app_token is not None
+        self.socket = socket_mode_handler(
+            self.bolt,
+            self.settings.slack_app_token.get_secret_value(),
+            lambda key: self.store.first_sighting(key, utcnow()),
+            self.settings.socket_ping_interval,
+        )
+        connect(self.socket)
+        log.info("Socket Mode: connected to Slack; /slack/events is not served over HTTP")
+
     def stop(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
         self.background.shutdown(wait=True)
         self.clock.stop()
         self.network.close()
@@ -92,10 +115,17 @@ class JitBot:
         except Exception:
             log.warning("readiness check: the database does not answer")
             return False
+        if self.socket is not None and not self.socket.client.is_connected():
+            log.warning("readiness check: the Socket Mode link to Slack is down")
+            return False
         return True
 
     def wsgi(self) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
-        """The WSGI app: Slack at /slack/events, plus /healthz, /readyz and /metrics."""
+        """The WSGI app: Slack at /slack/events, plus /healthz, /readyz and /metrics.
+
+        In Socket Mode Slack's requests come over the WebSocket, so /slack/events answers
+        404: nothing may reach Bolt around the authenticated link.
+        """
         slack = SlackEdge(
             SlackRequestHandler(self.bolt, path="/slack/events"),
             self.settings.slack_signing_secret.get_secret_value(),
@@ -112,6 +142,8 @@ class JitBot:
                 return _plain(start_response, "503 Service Unavailable", b"not ready")
             if path == "/metrics" and self.metrics is not None:
                 return self.metrics.serve(environ, start_response)
+            if self.settings.socket_mode:
+                return _plain(start_response, "404 Not Found", b"Socket Mode: no HTTP events")
             return slack(environ, start_response)
 
         return application

@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("serve", help="run the bot (HTTP mode) from JITBOT_* settings")
+    commands.add_parser(
+        "serve",
+        help="run the bot from JITBOT_* settings (Socket Mode when JITBOT_SLACK_APP_TOKEN is set)",
+    )
     commands.add_parser("check-config", help="validate settings and the policy file, then exit")
 
     for verb, text in (
@@ -50,11 +53,26 @@ def main(argv: list[str] | None = None) -> int:
     audit = commands.add_parser("audit", help="read the audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="WHAT")
     export = audit_commands.add_parser(
-        "export", help="write the audit log as CSV or JSON (needs only DATABASE_URL)"
+        "export",
+        help="write the audit log as CSV or JSON (needs only DATABASE_URL)",
+        description=(
+            "Write every audit event, oldest first, as CSV or JSON. Needs only DATABASE_URL "
+            "and never writes to the database. On a terminal a progress bar is drawn on "
+            "standard error; the export itself stays clean."
+        ),
+        epilog="example: jitbot audit export --format json --since 2025-01-01 --output a.json",
     )
-    export.add_argument("--format", choices=("csv", "json"), default="csv")
-    export.add_argument("--since", help="only events at or after this ISO 8601 date or time")
-    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    export.add_argument(
+        "--format", choices=("csv", "json"), default="csv", help="csv (default) or json"
+    )
+    export.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only events at or after this ISO 8601 date or time (UTC unless it names a zone)",
+    )
+    export.add_argument(
+        "--output", type=Path, metavar="FILE", help="file to write (default: standard output)"
+    )
 
     sandbox = commands.add_parser(
         "sandbox", help="run the bot against local stand-ins of Azure and Slack"
@@ -66,9 +84,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the database of the last run (the stand-ins always start from the seed)",
     )
+    sandbox.add_argument(
+        "--socket-mode",
+        action="store_true",
+        help="Slack reaches the bot over Socket Mode (a WebSocket the bot opens) instead of HTTP",
+    )
 
     send = commands.add_parser(
-        "send", help="sign and send a Slack request to a running `jitbot sandbox`"
+        "send",
+        help="sign and send a Slack request to a running `jitbot sandbox`",
+        description=(
+            "Send a slash command or a button click to a running `jitbot sandbox`, as Slack "
+            "would: a signed HTTP request, or an envelope on the Socket Mode link when the "
+            "sandbox runs with --socket-mode."
+        ),
     )
     send.add_argument("--dir", type=Path, default=SANDBOX_DIR)
     send.add_argument("--user", default=None, help="Slack user id sending it")
@@ -91,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return _audit_export(args.format, args.since, args.output)
     if args.command == "sandbox":
-        return _sandbox(args.port, args.dir, args.keep)
+        return _sandbox(args.port, args.dir, args.keep, args.socket_mode)
     return _send(args)
 
 
@@ -157,11 +186,13 @@ def _audit_export(fmt: str, since_text: str | None, output: Path | None) -> int:
         return 1
     finally:
         engine.dispose()
+    # The bar goes to stderr, and only on a terminal: the export itself stays clean.
+    progress = _progress_bar("export") if sys.stderr.isatty() else None
     if output is None:
-        audit.write(events, fmt, sys.stdout)
+        audit.write(events, fmt, sys.stdout, progress)
         return 0
     with output.open("w", encoding="utf-8", newline="") as out:
-        count = audit.write(events, fmt, out)
+        count = audit.write(events, fmt, out, progress)
     print(f"{count} audit event(s) written to {output}", file=sys.stderr)
     return 0
 
@@ -169,11 +200,17 @@ def _audit_export(fmt: str, since_text: str | None, output: Path | None) -> int:
 def _serve() -> int:
     from bot.app import build
     from bot.serve import HttpServer
+    from bot.socket_mode import SocketModeRefused
 
     settings = _load_settings()
     configure_logging(settings.log_level, settings.log_format)
     bot = build(settings)
-    bot.start()
+    try:
+        bot.start()
+    except SocketModeRefused as exc:
+        bot.stop()
+        print(f"jitbot: {exc}", file=sys.stderr)
+        return 1
     server = HttpServer(bot, settings.host, settings.port, settings.http_threads)
     _stop_on_signals(server)
     try:
@@ -243,12 +280,14 @@ def _stop_on_signals(server: Any) -> None:
     signal.signal(signal.SIGINT, stop)
 
 
-def _sandbox(port: int, workdir: Path, keep: bool) -> int:
+def _sandbox(port: int, workdir: Path, keep: bool, socket_mode: bool = False) -> int:
     from bot.sandbox import SandboxStack
 
     configure_logging("INFO", "text")
     workdir.mkdir(parents=True, exist_ok=True)
-    stack = SandboxStack(workdir, bot_port=port, fresh=not keep, sweep_interval=5.0)
+    stack = SandboxStack(
+        workdir, bot_port=port, fresh=not keep, sweep_interval=5.0, socket_mode=socket_mode
+    )
     stack.start()
     state_file = workdir / SANDBOX_STATE
     state_file.write_text(json.dumps(stack.describe(), indent=2), encoding="utf-8")
@@ -305,9 +344,10 @@ def _send(args: argparse.Namespace) -> int:
             message_ts=ts,
             response_url=state["response_url"],
         )
+    deliver = _socket_delivery(state) if state.get("mode") == "socket" else None
     try:
         before = len(_ephemerals_to(state["slack_url"], user))
-        status, _headers, text = sender.post(url, body, secret)
+        status, _headers, text = deliver(body) if deliver else sender.post(url, body, secret)
     except OSError as exc:
         print(
             f"jitbot: no sandbox answers at {url} ({exc}); start `jitbot sandbox`", file=sys.stderr
@@ -315,7 +355,7 @@ def _send(args: argparse.Namespace) -> int:
         return 2
     print(f"HTTP {status}")
     if args.what == "deny" and status == 200:
-        status = _submit_deny_form(url, secret, user, args.request_id, args.reason)
+        status = _submit_deny_form(url, secret, user, args.request_id, args.reason, deliver)
         print(f"deny form submitted: HTTP {status}")
     if args.what != "command":
         deadline = time.monotonic() + 3
@@ -332,7 +372,24 @@ def _send(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
-def _submit_deny_form(url: str, secret: str, user: str, request_id: int, reason: str) -> int:
+def _socket_delivery(state: dict[str, Any]) -> Any:
+    """For a sandbox in Socket Mode: push a body through the Slack stand-in's WebSocket
+    and answer like ``sender.post`` (status, headers, the ack's payload as JSON text)."""
+    from sandbox.slack import sender
+
+    slack_base = state["slack_url"].removesuffix("/").removesuffix("/api")
+
+    def deliver(body: str) -> tuple[int, dict[str, str], str]:
+        status, answer = sender.push(slack_base, body)
+        ack = answer.get("ack") if status == 200 else answer
+        return status, {}, json.dumps(ack) if ack is not None else ""
+
+    return deliver
+
+
+def _submit_deny_form(
+    url: str, secret: str, user: str, request_id: int, reason: str, deliver: Any = None
+) -> int:
     """Submit the reason form a Deny click opens, as the clicker would in Slack."""
     from bot.messages import DENY_REASON_CALLBACK, REASON_BLOCK, REASON_INPUT
     from sandbox.slack import sender
@@ -343,7 +400,7 @@ def _submit_deny_form(url: str, secret: str, user: str, request_id: int, reason:
         user_id=user,
         private_metadata=json.dumps({"request_id": request_id, "channel": None}),
     )
-    status, _headers, _text = sender.post(url, body, secret)
+    status, _headers, _text = deliver(body) if deliver else sender.post(url, body, secret)
     return status
 
 

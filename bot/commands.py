@@ -10,6 +10,7 @@
     admin unmap <user>
     policy protect <vm> | policy unprotect <vm>
     scan
+    audit [<vm> | <user>] [<since>]
     help [command]
 
 A ``<user>`` is a Slack mention as Slack escapes it (``<@U0123ABCD>`` or
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from jitcore.durations import parse_duration
 
@@ -109,6 +110,19 @@ class ScanCommand:
     pass
 
 
+@dataclass(frozen=True)
+class AuditCommand:
+    """``/jit audit``: recent audit events, of one VM or one user, since a time.
+
+    ``since`` is a look-back (``7d``) or a moment (an ISO date or time, UTC unless it
+    names a zone); None means the default look-back.
+    """
+
+    vm: str | None = None
+    user_id: str | None = None
+    since: timedelta | datetime | None = None
+
+
 AdminCommand = AdminMapCommand | AdminUnmapCommand
 ProtectionCommand = PolicyProtectCommand | PolicyUnprotectCommand | ScanCommand
 Command = (
@@ -121,6 +135,7 @@ Command = (
     | WhyCommand
     | AdminCommand
     | ProtectionCommand
+    | AuditCommand
 )
 
 USAGE = {
@@ -133,6 +148,7 @@ USAGE = {
     "admin": "/jit admin map <@user> <userPrincipalName or object id> | /jit admin unmap <@user>",
     "policy": "/jit policy protect <vm> | /jit policy unprotect <vm>",
     "scan": "/jit scan",
+    "audit": "/jit audit [<vm> | <@user>] [<since>, like 7d or 2025-01-31]",
     "help": "/jit help [command]",
 }
 
@@ -166,6 +182,8 @@ def parse_command(text: str) -> Command:
         if args:
             raise CommandError("`scan` takes no arguments", USAGE["scan"])
         return ScanCommand()
+    if verb == "audit":
+        return _parse_audit(args)
     if verb == "help":
         topic = args[0].lower() if args else None
         return HelpCommand(topic if topic in USAGE else None)
@@ -225,6 +243,52 @@ def _parse_policy(args: list[str]) -> PolicyProtectCommand | PolicyUnprotectComm
     if action == "unprotect" and len(args) == 2:
         return PolicyUnprotectCommand(args[1])
     raise CommandError("`policy` takes `protect <vm>` or `unprotect <vm>`", usage)
+
+
+def _parse_audit(args: list[str]) -> AuditCommand:
+    """``[<vm> | <user>] [<since>]``: with one word, a look-back or date is ``since``, a
+    mention or member id a user, anything else a VM; with two, the second is ``since``."""
+    usage = USAGE["audit"]
+    if len(args) > 2:
+        raise CommandError("`audit` takes at most a VM or user, then a since", usage)
+    if not args:
+        return AuditCommand()
+    since = parse_since(args[-1], usage) if len(args) == 2 else _maybe_since(args[0])
+    target = args[0] if len(args) == 2 or since is None else None
+    if target is None:
+        return AuditCommand(since=since)
+    if _MENTION.fullmatch(target) or _MEMBER_ID.fullmatch(target):
+        return AuditCommand(user_id=parse_user(target, usage), since=since)
+    if target.startswith(("<@", "@")):
+        parse_user(target, usage)  # refused with the pointer to the member id
+    return AuditCommand(vm=target, since=since)
+
+
+def _maybe_since(text: str) -> timedelta | datetime | None:
+    try:
+        return parse_since(text, None)
+    except CommandError:
+        return None
+
+
+def parse_since(text: str, usage: str | None) -> timedelta | datetime:
+    """A look-back typed like a duration (``7d``, ``12h``) or an ISO 8601 date or time."""
+    try:
+        return parse_duration(text)
+    except ValueError:
+        pass
+    if text[:1].isdigit() and len(text) <= 40:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    raise CommandError(
+        f"`{_clip(text)}` is not a time to look back from; use a duration like 7d or 12h, "
+        "or a date like 2025-01-31",
+        usage,
+    )
 
 
 def parse_ports(text: str) -> tuple[int, ...]:

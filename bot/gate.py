@@ -19,10 +19,11 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from bot import messages
+from bot import audit, messages
 from bot.commands import (
     AdminMapCommand,
     AdminUnmapCommand,
+    AuditCommand,
     ExtendCommand,
     ListCommand,
     PolicyProtectCommand,
@@ -56,11 +57,14 @@ GATED = (
     PolicyProtectCommand,
     PolicyUnprotectCommand,
     ScanCommand,
+    AuditCommand,
 )
 STATUS_SHOWN = (RequestStatus.OPENING, RequestStatus.ACTIVE, RequestStatus.CLOSING)
 """What ``/jit status`` counts as open on a VM now."""
 ADMIN_ONLY = (PolicyProtectCommand, PolicyUnprotectCommand, ScanCommand)
 """Commands that need the configure actions and then run as if there were no gate."""
+AUDIT_DEFAULT_LOOKBACK = timedelta(days=7)
+"""How far back ``/jit audit`` looks when no since is given."""
 
 
 class GateRefusal(NotAuthorized):
@@ -108,6 +112,8 @@ class AccessGate:
             return messages.checking_access("to your requests' VMs")
         if isinstance(command, ExtendCommand):
             return messages.checking_access(f"to the VM of request #{command.request_id}")
+        if isinstance(command, AuditCommand):
+            return messages.checking_access("to the audit log")
         return messages.checking_access("to administer jitbot")
 
     def run(self, command: Any, user_id: str) -> str | None:
@@ -130,6 +136,8 @@ class AccessGate:
             if isinstance(command, ADMIN_ONLY):
                 self._require_admin(user_id)
                 return None
+            if isinstance(command, AuditCommand):
+                return self._audit(user_id, command)
             if isinstance(command, AdminMapCommand):
                 return self._admin_map(user_id, command)
             assert isinstance(command, AdminUnmapCommand)
@@ -218,6 +226,47 @@ class AccessGate:
         removed = self.identity.unmap(command.user_id)
         self.store.audit("principal_unmapped", user_id, None, slack_user=command.user_id)
         return messages.unmapped_text(command.user_id, removed)
+
+    def _audit(self, user_id: str, command: AuditCommand) -> str:
+        """``/jit audit``: admins (the configure actions, as for ``admin``) read it all;
+        an approver reads what concerns the VMs of the policies they approve."""
+        principal = self._principal(user_id)
+        now = self.engine.clock()
+        since = (
+            now - command.since
+            if isinstance(command.since, timedelta)
+            else command.since or now - AUDIT_DEFAULT_LOOKBACK
+        )
+        visible = None
+        vm_name = None
+        if command.vm is not None:
+            vm_name = self._policy_vm_name(command.vm)
+            policy = self.engine.policy_for(vm_name)
+            if user_id not in policy.approvers and not self._is_admin(user_id, principal):
+                self.store.audit("audit_refused", user_id, None, vm=vm_name)
+                return messages.audit_refused(vm_name, policy.name)
+            scope = f"*{messages.escape(vm_name)}*"
+        else:
+            if not self._is_admin(user_id, principal):
+                approved = [p for p in self.engine.policies.policies if user_id in p.approvers]
+                if not approved:
+                    self.store.audit("audit_refused", user_id, None)
+                    return messages.audit_refused(None, None)
+
+                def visible(name: str | None) -> bool:
+                    return name is not None and any(p.match(name) for p in approved)
+
+            scope = messages.mention(command.user_id) if command.user_id else "every VM"
+        entries = audit.recent_events(self.store, since, vm_name, command.user_id, visible)
+        return messages.audit_text(entries, scope, since, limited=visible is not None)
+
+    def _is_admin(self, user_id: str, principal: ResolvedPrincipal) -> bool:
+        """Whether the user holds the configure actions; a failed check counts as no."""
+        try:
+            return bool(self.checker.check(principal.object_id, Operation.CONFIGURE, None).allowed)
+        except CloudError as exc:
+            log.warning("RBAC check for %s failed: %s", user_id, exc.message)
+            return False
 
     def _require_admin(self, user_id: str) -> None:
         principal = self._principal(user_id)

@@ -7,6 +7,8 @@ link in it is shown as text and pings or links nobody.
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +42,8 @@ HELP_TEXT = "\n".join(
         "• `/jit policy protect <vm>` / `/jit policy unprotect <vm>` — put or remove"
         " jitbot's JIT deny rules (admins)",
         "• `/jit scan` — which VMs are exposed, protected, closed or not applicable (admins)",
+        "• `/jit audit [<vm> | <@user>] [<since>]` — recent audit events, e.g."
+        " `/jit audit vm-web01 7d` (approvers of the VM's policy, admins)",
         "• `/jit help` — this text",
         "Durations look like `90m`, `2h`, `1h30m`; ports like `22` or `22,3389`.",
     ]
@@ -960,4 +964,94 @@ def policy_refused_line(policy_name: str, reason: str) -> str:
     return (
         f"• :no_entry: Policy `{escape(policy_name)}` was refused when jitbot started, so "
         f"nothing can be requested under it: {escape(reason)}."
+    )
+
+
+# ---- /jit audit --------------------------------------------------------------------------
+
+AUDIT_MAX_EVENTS = 30
+AUDIT_MAX_CHARS = 3500
+"""What one ``/jit audit`` answer shows at most; Slack accepts far longer messages, but
+beyond this a reader is better served by ``jitbot audit export``."""
+_AUDIT_DETAIL_KEYS = 4
+_AUDIT_VALUE_CHARS = 60
+
+
+def audit_text(entries: list[Any], scope: str, since: datetime, limited: bool = False) -> str:
+    """The answer to ``/jit audit``: newest first, every value escaped, at most
+    ``AUDIT_MAX_EVENTS`` lines and ``AUDIT_MAX_CHARS`` characters, then how many more.
+
+    ``scope`` is already escaped chat text (the VM or user asked about, or "everything").
+    """
+    since_text = since.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = f"*Audit log* for {scope} since {since_text}"
+    if limited:
+        head += " (only the VMs whose policies you approve)"
+    if not entries:
+        return f"{head}: no events."
+    lines = [f"{head}: {_count(len(entries), 'event')}, newest first"]
+    length = len(lines[0])
+    shown = 0
+    for entry in entries[:AUDIT_MAX_EVENTS]:
+        line = _audit_line(entry)
+        if length + len(line) + 1 > AUDIT_MAX_CHARS:
+            break
+        lines.append(line)
+        length += len(line) + 1
+        shown += 1
+    if shown < len(entries):
+        lines.append(
+            f"_{len(entries) - shown} more; use `jitbot audit export --since "
+            f"{since.astimezone(UTC).strftime('%Y-%m-%d')}` for all of them._"
+        )
+    return "\n".join(lines)
+
+
+def _audit_line(entry: Any) -> str:
+    event = entry.event
+    when = event.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if event.at else "?"
+    line = f"• `{when}` *{_audit_value(event.action)}* by {_audit_actor(event.actor)}"
+    if event.request_id is not None:
+        line += f" · request #{event.request_id}"
+    if entry.vm_name:
+        line += f" on *{_audit_value(entry.vm_name)}*"
+    detail = event.detail if isinstance(event.detail, dict) else {}
+    shown = [k for k in sorted(detail) if k not in ("vm", "vm_name")][:_AUDIT_DETAIL_KEYS]
+    if shown:
+        line += " · " + ", ".join(
+            f"{_audit_value(str(k))}: {_audit_value(detail[k])}" for k in shown
+        )
+    return line
+
+
+def _audit_actor(actor: str) -> str:
+    """A Slack member as a mention; the bot itself, ``cli`` and the like as plain text."""
+    if re.fullmatch(r"[UW][A-Z0-9]{2,}", actor):
+        return mention(actor)
+    return _audit_value(actor)
+
+
+def _audit_value(value: Any) -> str:
+    """One value on one line, clipped and escaped (markup and mentions show as text); an
+    Azure resource id is shown by its name."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if text.startswith("/subscriptions/"):
+        text = text.rstrip("/").rsplit("/", 1)[-1]
+    text = " ".join(text.split())
+    if len(text) > _AUDIT_VALUE_CHARS:
+        text = text[: _AUDIT_VALUE_CHARS - 1] + "…"
+    return escape(text)
+
+
+def audit_refused(vm: str | None, policy_name: str | None) -> str:
+    if vm is not None:
+        return (
+            f":no_entry: You cannot read the audit log of *{escape(vm)}*: only the approvers "
+            f"of policy *{escape(policy_name or '')}* and jitbot admins (the configure "
+            "actions at the subscription) can."
+        )
+    return (
+        ":no_entry: You cannot read the audit log: jitbot admins (the configure actions at "
+        "the subscription) read all of it, and approvers what concerns the VMs of their "
+        "policies; you are neither. `/jit audit <vm>` names one VM."
     )

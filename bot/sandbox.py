@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 SANDBOX_ARM_TOKEN = "sandbox-arm-token"
 SANDBOX_BOT_TOKEN = "xoxb-sandbox-0000000000-jitbot"
+SANDBOX_APP_TOKEN = "xapp-1-A0JITBOT01-0000000000-jitbot"
 
 
 def _jitbot() -> str:
@@ -46,6 +47,9 @@ class SandboxStack:
         arm_options: extra keyword arguments for the ARM stand-in (faults, timings).
         arm_seed: the subscription the ARM stand-in serves; the shipped default if None.
         settings: extra bot settings (``Settings`` field names), e.g. cache times.
+        socket_mode: Slack reaches the bot over Socket Mode (the stand-in's WebSocket)
+            instead of HTTP requests.
+        slack_ack_timeout: how long the Slack stand-in waits for a Socket Mode ack.
     """
 
     def __init__(
@@ -61,6 +65,8 @@ class SandboxStack:
         arm_seed: Path | dict[str, Any] | None = None,
         reconcile_interval: float = 300.0,
         settings: dict[str, Any] | None = None,
+        socket_mode: bool = False,
+        slack_ack_timeout: float = 3.0,
     ) -> None:
         self.workdir = Path(workdir)
         self.bot_port = bot_port
@@ -73,6 +79,8 @@ class SandboxStack:
         self.reconcile_interval = reconcile_interval
         self.extra_settings = settings or {}
         self.fresh = fresh
+        self.socket_mode = socket_mode
+        self.slack_ack_timeout = slack_ack_timeout
         self.arm: Any = None
         self.slack: Any = None
         self.bot: JitBot | None = None
@@ -93,11 +101,18 @@ class SandboxStack:
             token=SANDBOX_ARM_TOKEN,
             **options,
         ).start()
-        self.slack = SlackServer(bot_token=SANDBOX_BOT_TOKEN).start()
+        self.slack = SlackServer(
+            bot_token=SANDBOX_BOT_TOKEN,
+            app_token=SANDBOX_APP_TOKEN,
+            ack_timeout=self.slack_ack_timeout,
+        ).start()
         self.start_bot()
         return self
 
     def settings(self) -> Settings:
+        socket: dict[str, Any] = {}
+        if self.socket_mode:
+            socket = {"slack_app_token": SANDBOX_APP_TOKEN, "socket_ping_interval": 1.0}
         return Settings(
             database_url=self.database_url,
             policy_file=self.policy_file,
@@ -115,6 +130,7 @@ class SandboxStack:
             sweep_interval_seconds=self.sweep_interval,
             reconcile_interval_seconds=self.reconcile_interval,
             graph_url=self.arm.url,  # the ARM stand-in also serves Graph, under /v1.0/
+            **socket,
             **self.extra_settings,
         )  # type: ignore[call-arg]
 
@@ -151,6 +167,7 @@ class SandboxStack:
         """What `jitbot send` needs to reach this sandbox (kept in the work directory)."""
         return {
             "bot_url": self.bot_url,
+            "mode": "socket" if self.socket_mode else "http",
             "signing_secret": self.signing_secret,
             "slack_url": self.slack.url,
             "response_url": self.slack.response_url("commands"),
@@ -162,10 +179,16 @@ class SandboxStack:
     def banner(self) -> str:
         info = self.describe()
         slack_base = info["slack_url"].removesuffix("/").removesuffix("/api")
+        socket_link = slack_base.replace("http://", "ws://") + "/link/"
         return "\n".join(
             [
                 "jitbot sandbox is running (Ctrl-C stops it)",
-                f"  bot (Slack requests)  {info['bot_url']}/slack/events",
+                (
+                    f"  bot (Socket Mode)     WebSocket to {socket_link};"
+                    f" health at {info['bot_url']}/healthz"
+                    if self.socket_mode
+                    else f"  bot (Slack requests)  {info['bot_url']}/slack/events"
+                ),
                 f"  signing secret        {info['signing_secret']}",
                 f"  Azure RM stand-in     {info['arm_url']}  (CA: {info['ca_path']})",
                 f"  Slack API stand-in    {info['slack_url']}",

@@ -34,7 +34,10 @@ class HttpServer:
         return self
 
     def serve_forever(self) -> None:
-        log.info("serving Slack requests at %s/slack/events", self.url)
+        if self.bot.settings.socket_mode:
+            log.info("serving /healthz, /readyz and /metrics at %s (Socket Mode)", self.url)
+        else:
+            log.info("serving Slack requests at %s/slack/events", self.url)
         self._server.run()
 
     def stop_serving(self) -> None:

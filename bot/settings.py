@@ -52,6 +52,15 @@ class Settings(DatabaseSettings):
     slack_signing_secret: SecretStr
     slack_bot_token: SecretStr
     slack_api_url: str = "https://slack.com/api/"
+    slack_app_token: SecretStr | None = Field(
+        default=None,
+        description="app-level token (xapp-...); when set the bot uses Socket Mode",
+    )
+    socket_ping_interval: float = Field(
+        default=10.0,
+        gt=0,
+        description="Socket Mode: seconds between pings; a link silent for 4 of them is renewed",
+    )
     host: str = "0.0.0.0"
     port: int = Field(default=3000, ge=0, le=65535)
     http_threads: int = Field(default=8, ge=1, le=64)
@@ -88,6 +97,21 @@ class Settings(DatabaseSettings):
         if not value.get_secret_value().startswith("xoxb-"):
             raise ValueError("a bot token starts with xoxb- (OAuth & Permissions in the app)")
         return value
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xapp-"):
+            raise ValueError(
+                "an app-level token starts with xapp- (Basic Information > App-Level Tokens, "
+                "scope connections:write)"
+            )
+        return value
+
+    @property
+    def socket_mode(self) -> bool:
+        """Whether Slack reaches the bot over Socket Mode rather than HTTP requests."""
+        return self.slack_app_token is not None
 
     @field_validator("azure_subscription_id")
     @classmethod

@@ -17,6 +17,8 @@ BOT_ID = "B0JITBOT01"
 BOT_USER_ID = "U0BOTUSER1"
 BOT_USER_NAME = "jitbot"
 DEFAULT_BOT_TOKEN = "xoxb-sandbox-0000000000-0000000000000-sandboxbottoken"
+# An app-level token (Socket Mode): xapp-<version>-<app id>-<number>-<secret>.
+DEFAULT_APP_TOKEN = "xapp-1-A0JITBOT01-0000000000000-sandboxapptoken"
 
 # users:read.email is what makes users.info return profile.email.
 DEFAULT_SCOPES = (

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 from urllib.error import HTTPError
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from slack_sdk.signature import SignatureVerifier
 
@@ -265,6 +265,45 @@ def post(
     except HTTPError as error:
         with error:
             return error.code, _lower(error.headers.items()), _text(error.read())
+
+
+def socket_envelope(body: str) -> tuple[str, dict[str, Any]]:
+    """The Socket Mode form of an HTTP body built here: (envelope type, payload).
+
+    Over Socket Mode Slack sends the same fields as JSON: a slash command's form fields as
+    an object, an interaction's ``payload`` JSON as it is, an event callback unchanged.
+    """
+    if body.startswith("{"):
+        return "events_api", json.loads(body)
+    fields = dict(parse_qsl(body, keep_blank_values=True))
+    if set(fields) == {"payload"}:
+        return "interactive", json.loads(fields["payload"])
+    return "slash_commands", fields
+
+
+def push(
+    slack_base: str, body: str, wait: float = 30.0, timeout: float = 40.0
+) -> tuple[int, dict[str, Any]]:
+    """Send ``body`` through the Slack stand-in's Socket Mode link to the app.
+
+    ``slack_base`` is the stand-in's address (``http://127.0.0.1:port``). Returns the
+    HTTP status of ``/sandbox/socket/push`` and its answer: ``envelope_id`` and the app's
+    ``ack`` payload, waited for up to ``wait`` seconds.
+    """
+    envelope_type, payload = socket_envelope(body)
+    request = urllib.request.Request(
+        slack_base.rstrip("/") + "/sandbox/socket/push",
+        data=json.dumps({"type": envelope_type, "payload": payload, "wait": wait}).encode(),
+        headers={"content-type": JSON_CONTENT_TYPE},
+        method="POST",
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read() or b"{}")
 
 
 def form_payload(payload: Mapping[str, Any]) -> str:

@@ -14,7 +14,9 @@ field (as with Slack, a token inside a JSON body is not read). Error answers are
 
 Implemented: api.test, auth.test, chat.postMessage, chat.update, chat.postEphemeral,
 conversations.open, users.info, usergroups.users.list, views.open, views.update,
-views.publish. Anything else answers ``unknown_method``.
+views.publish, and apps.connections.open (app-level ``xapp-`` token only) with its
+Socket Mode WebSocket at ``/link/?ticket=...`` (see `sandbox.slack.socket_mode`).
+Anything else answers ``unknown_method``.
 
 Sandbox endpoints (no token needed):
 
@@ -25,6 +27,11 @@ Sandbox endpoints (no token needed):
   ``channel``: an object of all channels).
 - ``POST /sandbox/response/<name>``: a response_url; recorded with method
   ``"response_url"`` and the ``name``, answered ``text/plain`` ``ok`` as Slack does.
+- ``POST /sandbox/socket/push``: ``{"type": "slash_commands"|"interactive"|"events_api",
+  "payload": {...}, "wait": seconds}`` sends an envelope over Socket Mode and answers
+  ``{"envelope_id", "ack"}`` once the app acked it (``ack`` null without ``wait``).
+- ``GET /sandbox/socket/envelopes``: every envelope sent, with its ack.
+- ``POST /sandbox/socket/drop``: cut every open Socket Mode connection.
 
 Default seed (when ``users``/``channels``/``usergroups`` are not given; see
 `sandbox.slack.seed`):
@@ -77,6 +84,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from sandbox.slack import seed
+from sandbox.slack.socket_mode import SocketHub, accept_key
 from sandbox.slack.webapi import Body, SlackError, Workspace
 
 logger = logging.getLogger(__name__)
@@ -114,6 +122,9 @@ class SlackServer:
         channels: channel id -> name.
         usergroups: user group id -> member ids.
         scopes: the granted scopes; without users:read.email, users.info hides emails.
+        app_token: the app-level token apps.connections.open accepts (Socket Mode).
+        ack_timeout: how long a Socket Mode envelope waits for its ack before an event
+            is delivered again (Slack: 3 seconds).
     """
 
     def __init__(
@@ -125,9 +136,13 @@ class SlackServer:
         channels: Mapping[str, str] | None = None,
         usergroups: Mapping[str, list[str]] | None = None,
         scopes: str = seed.DEFAULT_SCOPES,
+        app_token: str = seed.DEFAULT_APP_TOKEN,
+        ack_timeout: float = 3.0,
     ) -> None:
         self.host = host
         self.bot_token = bot_token
+        self.app_token = app_token
+        self.socket = SocketHub(app_token, ack_timeout)
         self.workspace = Workspace(users, channels, usergroups, scopes)
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
@@ -164,6 +179,7 @@ class SlackServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        self.socket.close()
         httpd.shutdown()
         httpd.server_close()
         if self._thread is not None:
@@ -306,6 +322,10 @@ class SlackServer:
         if fault is not None:
             status, headers, body = fault.answer()
             return _Answer(status, body, headers)
+        if method == "apps.connections.open":
+            return _Answer(200, self.socket.open_connection(token, self.base))
+        if token is not None and token.startswith("xapp-"):
+            return _Answer(200, {"ok": False, "error": "not_allowed_token_type"})
         if method not in self.workspace.methods:
             return _Answer(200, SlackError("unknown_method", req_method=method).body())
         if method not in _NO_AUTH_METHODS and token != self.bot_token:
@@ -377,6 +397,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._handle_calls(parts.query)
         elif path == "/sandbox/messages" and self.command == "GET":
             self._handle_messages(parts.query)
+        elif path == "/link/" and self.command == "GET":
+            self._handle_socket_link(parts.query)
+        elif path.startswith("/sandbox/socket/"):
+            self._handle_socket_sandbox(path[len("/sandbox/socket/") :])
         else:
             self._send(_Answer(404, {"ok": False, "error": "not_found"}))
 
@@ -413,6 +437,53 @@ class _Handler(BaseHTTPRequestHandler):
         record["name"] = name
         self.sandbox._record(record)
         self._send(answer)
+
+    def _handle_socket_link(self, query: str) -> None:
+        """The WebSocket upgrade for a ticket from apps.connections.open, then the link."""
+        ticket = dict(parse_qsl(query)).get("ticket", "")
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        upgrade = self.headers.get("Upgrade", "").lower() == "websocket"
+        if not (upgrade and key):
+            self._send(_Answer(400, "expected a WebSocket upgrade"))
+            return
+        if self.headers.get("Sec-WebSocket-Version", "").strip() != "13":
+            self._send(_Answer(426, "WebSocket version 13 only", {"Sec-WebSocket-Version": "13"}))
+            return
+        if not self.sandbox.socket.redeem(ticket):
+            self._send(_Answer(401, "invalid or used ticket"))
+            return
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept_key(key))
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        self.sandbox.socket.serve(self.connection, self.rfile)
+
+    def _handle_socket_sandbox(self, action: str) -> None:
+        hub = self.sandbox.socket
+        if action == "envelopes" and self.command == "GET":
+            self._send_json(200, hub.deliveries())
+        elif action == "drop" and self.command == "POST":
+            self._send_json(200, {"ok": True, "dropped": hub.drop_connections()})
+        elif action == "push" and self.command == "POST":
+            try:
+                request = json.loads(self._read_body() or b"{}")
+                envelope_id = hub.push(request.get("type", ""), request.get("payload") or {})
+            except (ValueError, AttributeError) as exc:
+                self._send_json(400, {"ok": False, "error": str(exc)})
+                return
+            wait = float(request.get("wait") or 0)
+            try:
+                ack = hub.wait_ack(envelope_id, wait) if wait > 0 else None
+            except TimeoutError:
+                answer = {"ok": False, "error": "not_acked", "envelope_id": envelope_id}
+                self._send_json(504, answer)
+                return
+            self._send_json(200, {"ok": True, "envelope_id": envelope_id, "ack": ack})
+        else:
+            self._send(_Answer(404, {"ok": False, "error": "not_found"}))
 
     def _handle_calls(self, query: str) -> None:
         if self.command == "DELETE":

@@ -62,6 +62,12 @@ class Driver:
     def events_url(self) -> str:
         return self.stack.bot_url + "/slack/events"
 
+    def deliver(self, body: str) -> tuple[int, str]:
+        """Send a body the way Slack would (here: a signed HTTP request); return the
+        status and the text of the answer."""
+        status, _headers, text = sender.post(self.events_url, body, self.stack.signing_secret)
+        return status, text
+
     def command(
         self, text: str, user: str = REQUESTER, follow: bool = True, **kwargs: Any
     ) -> tuple[int, dict[str, Any]]:
@@ -74,7 +80,7 @@ class Driver:
         body = sender.slash_command_body(
             text, user_id=user, response_url=self.stack.slack.response_url(name), **kwargs
         )
-        status, _headers, reply = sender.post(self.events_url, body, self.stack.signing_secret)
+        status, reply = self.deliver(body)
         answer = json.loads(reply) if reply.startswith("{") else {"text": reply}
         if follow and str(answer.get("text", "")).startswith(FOLLOW_UP_MARK):
             answer = self.follow_up(name)
@@ -99,7 +105,7 @@ class Driver:
             message_ts=ts,
             response_url=self.stack.slack.response_url("click"),
         )
-        status, _headers, _text = sender.post(self.events_url, body, self.stack.signing_secret)
+        status, _text = self.deliver(body)
         return status
 
     def deny(self, request_id: int, user: str = APPROVER, reason: str = "") -> int:
@@ -124,7 +130,7 @@ class Driver:
             user_id=user,
             private_metadata=metadata,
         )
-        status, _headers, _text = sender.post(self.events_url, body, self.stack.signing_secret)
+        status, _text = self.deliver(body)
         return status
 
     def request(self, request_id: int) -> AccessRequest | None:
@@ -165,3 +171,15 @@ def write_policy(directory: Path, text: str = FAST_POLICY) -> Path:
     path = directory / "policies.yaml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+class SocketDriver(Driver):
+    """Drives a stack in Socket Mode: the same requests, pushed as envelopes through the
+    Slack stand-in's WebSocket; the status is 200 once the bot acked, the answer its ack."""
+
+    def deliver(self, body: str) -> tuple[int, str]:
+        status, answer = sender.push(self.stack.slack.base, body, wait=30.0)
+        if status != 200:
+            return status, json.dumps(answer)
+        ack = answer.get("ack")
+        return 200, json.dumps(ack) if ack is not None else ""
