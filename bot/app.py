@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from slack_bolt import App
@@ -19,9 +20,11 @@ from bot import listeners
 from bot.edge import SlackEdge
 from bot.gate import AccessGate, build_gate
 from bot.metrics import Metrics
+from bot.myip import LINK_PATH, SourceLinkPages, SourceLinks, parse_proxies
 from bot.notifier import SlackNotifier
 from bot.protection import ProtectionDesk
-from bot.settings import Settings
+from bot.requesting import RequestDesk
+from bot.settings import Settings, split_list
 from jitcore.azure import AzureNetwork, AzureTarget
 from jitcore.azure.clients import StaticTokenCredential, default_credential
 from jitcore.azure.firewall import FirewallGateway
@@ -31,6 +34,7 @@ from jitcore.engine import Engine, PolicySet
 from jitcore.model import utcnow
 from jitcore.policy import load_policy_file
 from jitcore.protection import DriftFinding, Protector
+from jitcore.source_flags import SourceFlagger, load_cloud_ranges
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class JitBot:
     protector: Protector
     metrics: Metrics | None = None
     gate: AccessGate | None = None
+    link_pages: SourceLinkPages | None = None
 
     def start(self) -> None:
         self.clock.start()
@@ -107,6 +112,8 @@ class JitBot:
                 return _plain(start_response, "503 Service Unavailable", b"not ready")
             if path == "/metrics" and self.metrics is not None:
                 return self.metrics.serve(environ, start_response)
+            if path.startswith(LINK_PATH) and self.link_pages is not None:
+                return self.link_pages(environ, start_response)
             return slack(environ, start_response)
 
         return application
@@ -156,7 +163,8 @@ def build(settings: Settings) -> JitBot:
     target = metrics.watch_arm(azure_target(settings))
     network = AzureNetwork(target)
     firewalls = FirewallGateway(target) if any(p.firewall for p in policies) else None
-    notifier = SlackNotifier(client)
+    cloud_ranges = load_cloud_ranges([Path(p) for p in split_list(settings.cloud_ranges)])
+    notifier = SlackNotifier(client, SourceFlagger(cloud_ranges))
     engine = Engine(
         store=store,
         policies=PolicySet(policies, versions),
@@ -191,7 +199,15 @@ def build(settings: Settings) -> JitBot:
     background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jitbot-work")
     gate = build_gate(settings, engine, client, azure_target(settings))  # identity and RBAC
     desk = ProtectionDesk(protector, network.vm_names, client)
-    listeners.register(bolt, engine, background, gate, desk)
+    links = SourceLinks(store, timedelta(seconds=settings.my_ip_ttl))
+    requests = RequestDesk(engine, gate, client, background, links, settings.public_url)
+    link_pages = SourceLinkPages(
+        links,
+        parse_proxies(split_list(settings.trusted_proxies)),
+        requests.describe_link,
+        requests.complete_link,
+    )
+    listeners.register(bolt, engine, background, gate, desk, requests)
     return JitBot(
         settings,
         store,
@@ -203,4 +219,5 @@ def build(settings: Settings) -> JitBot:
         protector,
         metrics=metrics,
         gate=gate,
+        link_pages=link_pages if settings.public_url else None,
     )
