@@ -128,7 +128,9 @@ class Settings(DatabaseSettings):
         if value is None or not value.strip():
             return None
         if not value.startswith(("https://", "http://")):
-            raise ValueError("use the address people reach the bot at, like https://jit.example.com")
+            raise ValueError(
+                "use the address people reach the bot at, like https://jit.example.com"
+            )
         return value.rstrip("/")
 
     @field_validator("trusted_proxies")

@@ -267,9 +267,7 @@ class Engine:
             for request in requests:
                 session.refresh(request)
         for request in requests:
-            log.info(
-                "request %s submitted by %s for %s", request.id, requester_id, request.vm_name
-            )
+            log.info("request %s submitted by %s for %s", request.id, requester_id, request.vm_name)
             self.observer.request_event("submitted", request)
         return requests
 
@@ -288,8 +286,7 @@ class Engine:
             raise refused[0][1]
         if refused:
             raise RequestRejected(
-                "nothing was requested: "
-                + "; ".join(f"{vm}: {exc.message}" for vm, exc in refused)
+                "nothing was requested: " + "; ".join(f"{vm}: {exc.message}" for vm, exc in refused)
             )
         names = [c.vm_name.lower() for c in checked]
         if len(names) != len(set(names)):
