@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlmodel import col
 
 from jitcore.db import Store
@@ -38,6 +38,8 @@ from jitcore.model import SourceLink, utcnow
 log = logging.getLogger(__name__)
 
 LINK_PATH = "/my-ip/"
+FORGET_AFTER = timedelta(days=1)
+"""Expired links are deleted this long after they expire (when the next one is made)."""
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -63,6 +65,9 @@ class SourceLinks:
         token = secrets.token_urlsafe(32)
         now = self.clock()
         with self.store.session() as session:
+            session.execute(
+                delete(SourceLink).where(col(SourceLink.expires_at) < now - FORGET_AFTER)
+            )
             session.add(
                 SourceLink(
                     token_hash=hash_token(token),

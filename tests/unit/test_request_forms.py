@@ -276,6 +276,23 @@ def test_an_expired_link_is_refused_and_stays_unused(store: Store) -> None:
         assert session.exec(select(SourceLink)).one().used_at is None
 
 
+def test_links_expired_for_a_day_are_forgotten_when_a_new_one_is_made(store: Store) -> None:
+    clock = ManualClock()
+    links = SourceLinks(store, timedelta(minutes=5), clock)
+    links.create("U0REQ12345", "T1", {})
+    clock.now += timedelta(days=1, minutes=4)
+    links.create("U0REQ12345", "T1", {})
+    with store.session() as session:
+        assert len(session.exec(select(SourceLink)).all()) == 2
+
+    clock.now += timedelta(minutes=2)
+    fresh = links.create("U0REQ12345", "T1", {})
+
+    with store.session() as session:
+        assert len(session.exec(select(SourceLink)).all()) == 2
+    assert links.peek(fresh) is not None
+
+
 @pytest.mark.parametrize("token", ["", "short", "x" * 43, "../../etc/passwd" + "a" * 27])
 def test_unknown_or_malformed_tokens_find_no_link(store: Store, token: str) -> None:
     links = SourceLinks(store, timedelta(minutes=5))
