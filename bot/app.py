@@ -200,14 +200,14 @@ def build(settings: Settings) -> JitBot:
     gate = build_gate(settings, engine, client, azure_target(settings))  # identity and RBAC
     desk = ProtectionDesk(protector, network.vm_names, client)
     links = SourceLinks(store, timedelta(seconds=settings.my_ip_ttl))
-    requests = RequestDesk(engine, gate, client, background, links, settings.public_url)
+    request_desk = RequestDesk(engine, gate, client, background, links, settings.public_url)
     link_pages = SourceLinkPages(
         links,
         parse_proxies(split_list(settings.trusted_proxies)),
-        requests.describe_link,
-        requests.complete_link,
+        request_desk.describe_link,
+        request_desk.complete_link,
     )
-    listeners.register(bolt, engine, background, gate, desk, requests)
+    listeners.register(bolt, engine, background, gate, desk, request_desk)
     return JitBot(
         settings,
         store,

@@ -55,7 +55,7 @@ def register(
     background: Executor,
     gate: AccessGate,
     desk: ProtectionDesk | None = None,
-    requests: RequestDesk | None = None,
+    request_desk: RequestDesk | None = None,
 ) -> None:
     def handle_command(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         try:
@@ -63,10 +63,10 @@ def register(
         except CommandError as exc:
             ack(response_type="ephemeral", text=messages.usage_error(exc.message, exc.usage))
             return
-        if requests is not None and isinstance(
+        if request_desk is not None and isinstance(
             command, RequestCommand | RequestFormCommand | SourceCommand
         ):
-            _request_command(requests, background, command, body, ack, respond)
+            _request_command(request_desk, background, command, body, ack, respond)
             return
         # Access checks (identity, Azure RBAC): see bot.gate.
         if isinstance(command, GATED):
@@ -113,15 +113,15 @@ def register(
     app.action(messages.EXTEND_ACTION)(ack=ack_click, lazy=[extend])
     app.action(messages.END_NOW_ACTION)(ack=ack_click, lazy=[end_now])
     app.event("app_home_opened")(ack=ack_click, lazy=[home_opened])
-    if requests is not None:
-        _register_request_form(app, background, requests)
+    if request_desk is not None:
+        _register_request_form(app, background, request_desk)
 
 
 # -- Requests: inline, the form, saved sources (see bot.requesting) ----------------------
 
 
 def _request_command(
-    requests: RequestDesk,
+    desk: RequestDesk,
     background: Executor,
     command: RequestCommand | RequestFormCommand | SourceCommand,
     body: dict[str, Any],
@@ -130,14 +130,14 @@ def _request_command(
 ) -> None:
     user_id, team_id = body["user_id"], body.get("team_id", "")
     if isinstance(command, SourceCommand):
-        ack(response_type="ephemeral", text=requests.source_command(command, user_id))
+        ack(response_type="ephemeral", text=desk.source_command(command, user_id))
         return
     if isinstance(command, RequestFormCommand):
         ack(response_type="ephemeral", text=messages.opening_form())
-        background.submit(_logged, requests.open_form, body, respond)
+        background.submit(_logged, desk.open_form, body, respond)
         return
     draft = Draft.of(command)
-    early = requests.early_answer(draft)
+    early = desk.early_answer(draft)
     if early is not None:
         ack(response_type="ephemeral", text=early)
         return
@@ -149,7 +149,7 @@ def _request_command(
 
     def finish() -> None:
         try:
-            requests.finish(draft, user_id, team_id, reply)
+            desk.finish(draft, user_id, team_id, reply)
         except Exception:
             log.exception("the request of %s failed", user_id)
             reply(messages.gate_failed(), None)
@@ -157,17 +157,17 @@ def _request_command(
     background.submit(finish)
 
 
-def _register_request_form(app: App, background: Executor, requests: RequestDesk) -> None:
+def _register_request_form(app: App, background: Executor, desk: RequestDesk) -> None:
     def submit_form(ack: Ack, body: dict[str, Any]) -> None:
         """Checked here, within Slack's three seconds, so errors show on the form."""
-        draft, errors = requests.read_form(body.get("view") or {})
+        draft, errors = desk.read_form(body.get("view") or {})
         if draft is None:
             ack(response_action="errors", errors=errors)
             return
         ack()
         user_id = body["user"]["id"]
         team_id = (body.get("team") or {}).get("id", "")
-        background.submit(_logged, requests.submit_form, draft, user_id, team_id)
+        background.submit(_logged, desk.submit_form, draft, user_id, team_id)
 
     def link_opened(ack: Ack) -> None:
         ack()  # the button opens its URL in the browser; the page does the work

@@ -279,6 +279,9 @@ class RequestDesk:
             view = self._form_for(user_id)
         except GateRefusal as exc:
             view = messages.request_form_message_view(exc.text)
+        except Exception:
+            log.exception("filling the request form for %s failed", user_id)
+            view = messages.request_form_message_view(messages.form_failed())
         self.client.views_update(view_id=view_id, view=view)
 
     def _form_for(self, user_id: str) -> dict[str, Any]:
