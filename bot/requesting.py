@@ -208,7 +208,7 @@ class RequestDesk:
             requests = self._record(draft, user_id, link.team_id, address)
         except JitError as exc:
             self._dm(user_id, messages.error_text(exc.message))
-            return LinkOutcome(False, f"Nothing was requested: {exc.message}")
+            return LinkOutcome(False, f"Nothing was requested: {exc.message.replace('`', '')}")
         self._dm(user_id, messages.group_submitted_ack(requests))
         numbers = ", ".join(f"#{r.id}" for r in requests)
         return LinkOutcome(

@@ -14,6 +14,7 @@ from slack_sdk.models.views import View
 from sqlmodel import select
 
 from bot import messages
+from bot.cli import _with_links
 from bot.commands import (
     CommandError,
     RequestCommand,
@@ -487,3 +488,9 @@ def test_saving_a_source_validates_it_and_is_audited(engine: Engine, store: Stor
     with store.session() as session:
         actions = [e.action for e in session.exec(select(AuditEvent)).all()]
     assert actions == ["source_saved", "source_saved", "source_cleared"]
+
+
+def test_jitbot_send_prints_the_address_of_a_link_button() -> None:
+    text, blocks = messages.my_ip_offer(["vm-web01"], "http://127.0.0.1:3000/my-ip/t", 5)
+    shown = _with_links({"text": text, "blocks": blocks})
+    assert shown.splitlines() == [text, "[Use my current IP] http://127.0.0.1:3000/my-ip/t"]
