@@ -948,13 +948,22 @@ def request_form_view(
     }
     if saved_source:
         source_element["initial_value"] = saved_source
+    notes = []
+    if len(vms) > MAX_FORM_OPTIONS:
+        notes.append(
+            _context(
+                f"You may request {len(vms)} VMs; the list shows the first "
+                f"{MAX_FORM_OPTIONS}. Request the others inline: `/jit request <vm> …`."
+            )
+        )
     return {
         "type": "modal",
         "callback_id": REQUEST_FORM_CALLBACK,
         "title": _plain_text("Request JIT access"),
         "submit": _plain_text("Request"),
         "close": _plain_text("Cancel"),
-        "blocks": [
+        "blocks": notes
+        + [
             {
                 "type": "input",
                 "block_id": FORM_VMS_BLOCK,

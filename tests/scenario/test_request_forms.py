@@ -18,7 +18,7 @@ from sqlmodel import select
 from bot import messages
 from bot.sandbox import SandboxStack, seed_file
 from jitcore.model import AccessRequest, RequestStatus
-from sandbox.slack import sender
+from sandbox.slack import seed, sender
 from tests.scenario.harness import (
     APPROVAL_CHANNEL,
     APPROVER,
@@ -206,6 +206,19 @@ def test_request_alone_opens_a_form_offering_only_the_vms_the_user_may_request(
         )
     finally:
         stack.stop()
+
+
+def test_a_user_whose_roles_allow_no_request_gets_the_form_replaced_by_why(
+    stack: SandboxStack, driver: Driver
+) -> None:
+    driver.command("request", user=seed.READER_USER)
+
+    [updated] = stack.slack.wait_for("views.update", timeout=TIMEOUT)
+
+    view = updated["args"]["view"]
+    View(**view).validate_json()
+    assert "submit" not in view
+    assert view["blocks"][0]["text"]["text"] == messages.no_requestable_vms()
 
 
 def test_a_forged_form_naming_a_vm_the_user_may_not_request_records_nothing(

@@ -22,7 +22,14 @@ from bot.commands import (
     SourceCommand,
     parse_command,
 )
-from bot.myip import SourceLinks, client_address, hash_token, parse_proxies
+from bot.myip import (
+    LinkOutcome,
+    SourceLinkPages,
+    SourceLinks,
+    client_address,
+    hash_token,
+    parse_proxies,
+)
 from bot.requesting import Draft, RequestDesk
 from jitcore.db import Store, create_schema, make_engine
 from jitcore.engine import Engine, PolicySet
@@ -430,6 +437,15 @@ def test_the_form_is_valid_block_kit_with_the_saved_source_prefilled() -> None:
         Block.parse(block).validate_json()
 
 
+def test_a_form_with_more_vms_than_slack_lists_says_so() -> None:
+    vms = [f"vm-{n:03}" for n in range(130)]
+    view = messages.request_form_view(vms, [(22, "Tcp")], None)
+    View(**view).validate_json()
+    [vm_block] = [b for b in view["blocks"] if b.get("block_id") == messages.FORM_VMS_BLOCK]
+    assert len(vm_block["element"]["options"]) == messages.MAX_FORM_OPTIONS
+    assert "You may request 130 VMs; the list shows the first 100" in json.dumps(view)
+
+
 def test_a_valid_form_gives_a_draft(engine: Engine) -> None:
     draft, errors = desk(engine).read_form(
         form_values(["vm-web01", "vm-db01"], ["22"], "90m", "203.0.113.7", "deploy")
@@ -494,3 +510,40 @@ def test_jitbot_send_prints_the_address_of_a_link_button() -> None:
     text, blocks = messages.my_ip_offer(["vm-web01"], "http://127.0.0.1:3000/my-ip/t", 5)
     shown = _with_links({"text": text, "blocks": blocks})
     assert shown.splitlines() == [text, "[Use my current IP] http://127.0.0.1:3000/my-ip/t"]
+
+
+# -- the link pages ---------------------------------------------------------------------------
+
+
+def call_page(pages: SourceLinkPages, method: str, path: str, remote: str = "198.51.100.7"):
+    seen: list[str] = []
+    body = pages(
+        {"REQUEST_METHOD": method, "PATH_INFO": path, "REMOTE_ADDR": remote},
+        lambda status, headers: seen.append(status),
+    )
+    return seen[0], b"".join(body).decode()
+
+
+def test_link_pages_refuse_other_methods_and_unknown_addresses_without_using_the_link(
+    store: Store,
+) -> None:
+    links = SourceLinks(store, timedelta(minutes=5))
+    token = links.create("U0REQ12345", "T1", {})
+    completed: list[str] = []
+
+    def complete(link: SourceLink, address: str) -> LinkOutcome:
+        completed.append(address)
+        return LinkOutcome(True, "sent <b>")
+
+    pages = SourceLinkPages(links, [], lambda link: "Request <x>", complete)
+
+    assert call_page(pages, "PUT", "/my-ip/" + token)[0].startswith("405")
+    assert call_page(pages, "POST", "/my-ip/" + token, remote="")[0].startswith("400")
+    status, page = call_page(pages, "GET", "/my-ip/" + token)
+    assert status.startswith("200") and "Request &lt;x&gt;" in page and completed == []
+
+    status, page = call_page(pages, "POST", "/my-ip/" + token)
+    assert status.startswith("200") and "sent &lt;b&gt;" in page
+    assert completed == ["198.51.100.7"]
+    assert call_page(pages, "POST", "/my-ip/" + token)[0].startswith("404")
+    assert completed == ["198.51.100.7"]
