@@ -178,6 +178,9 @@ class RequestDesk:
             reply(messages.missing_source(), None)
             return
         token = self.links.create(user_id, team_id, draft.to_json())
+        self.engine.store.audit(
+            "source_link_offered", user_id, None, vms=list(draft.vms), ports=list(draft.ports)
+        )
         minutes = max(1, int(self.links.ttl.total_seconds() // 60))
         url = f"{self.public_url}{LINK_PATH}{token}"
         text, blocks = messages.my_ip_offer(_names(self.engine, draft.vms), url, minutes)

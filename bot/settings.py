@@ -143,6 +143,14 @@ class Settings(DatabaseSettings):
                 raise ValueError(f"{item!r} is not an IP address or CIDR") from None
         return value
 
+    @field_validator("cloud_ranges")
+    @classmethod
+    def _range_files(cls, value: str) -> str:
+        missing = [item for item in split_list(value) if not Path(item).is_file()]
+        if missing:
+            raise ValueError(f"no such file: {', '.join(missing)}")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:

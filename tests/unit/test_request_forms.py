@@ -547,3 +547,23 @@ def test_link_pages_refuse_other_methods_and_unknown_addresses_without_using_the
     assert completed == ["198.51.100.7"]
     assert call_page(pages, "POST", "/my-ip/" + token)[0].startswith("404")
     assert completed == ["198.51.100.7"]
+
+
+def test_cloud_range_files_that_do_not_exist_are_named_by_the_settings_check(
+    tmp_path: Path,
+) -> None:
+    from pydantic import ValidationError
+
+    from bot.settings import Settings, problems
+
+    sample = SEEDS / "cloud-ranges-aws.sample.json"
+    base = {
+        "slack_signing_secret": "s",
+        "slack_bot_token": "xoxb-1",
+        "azure_subscription_id": "00000000-0000-0000-0000-000000000000",
+    }
+    assert Settings(**base, cloud_ranges=f"{sample}, ").cloud_ranges  # type: ignore[arg-type]
+    with pytest.raises(ValidationError) as caught:
+        Settings(**base, cloud_ranges=f"{sample},{tmp_path / 'nope.json'}")  # type: ignore[arg-type]
+    [line] = problems(caught.value)
+    assert line.startswith("JITBOT_CLOUD_RANGES: no such file: ") and "nope.json" in line
