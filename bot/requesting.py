@@ -210,9 +210,9 @@ class RequestDesk:
         try:
             requests = self._record(draft, user_id, link.team_id, address)
         except JitError as exc:
-            self._dm(user_id, messages.error_text(exc.message))
+            self._dm_quietly(user_id, messages.error_text(exc.message))
             return LinkOutcome(False, f"Nothing was requested: {exc.message.replace('`', '')}")
-        self._dm(user_id, messages.group_submitted_ack(requests))
+        self._dm_quietly(user_id, messages.group_submitted_ack(requests))
         numbers = ", ".join(f"#{r.id}" for r in requests)
         return LinkOutcome(
             True,
@@ -344,6 +344,13 @@ class RequestDesk:
     def submit_form(self, draft: Draft, user_id: str, team_id: str) -> None:
         """After the form closed: the rest of the checks, the answer by direct message."""
         self.finish(draft, user_id, team_id, lambda text, blocks: self._dm(user_id, text, blocks))
+
+    def _dm_quietly(self, user_id: str, text: str) -> None:
+        """A DM whose failure is only logged: the web page already tells the user."""
+        try:
+            self._dm(user_id, text)
+        except Exception as exc:
+            log.warning("could not tell %s about their link: %s", user_id, type(exc).__name__)
 
     def _dm(self, user_id: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
         opened = self.client.conversations_open(users=user_id)

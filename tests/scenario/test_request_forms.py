@@ -395,6 +395,20 @@ def test_the_my_ip_link_records_the_forwarded_address_from_a_trusted_proxy_once(
     assert len(requests_in(stack)) == 1
 
 
+def test_the_link_page_reports_a_recorded_request_even_when_slack_cannot_be_reached(
+    stack: SandboxStack, driver: Driver
+) -> None:
+    _status, reply = driver.command("request vm-db01 22 1h")
+    url = link_of(reply)
+    stack.slack.add_fault("conversations.open", error="internal_error", times=None)
+
+    status, page = fetch(url, "POST", forwarded="198.51.100.60")
+
+    assert status == 200 and "Sent to the approvers from 198.51.100.60/32" in page
+    [request] = requests_in(stack)
+    assert request.source_prefix == "198.51.100.60/32"
+
+
 def test_without_a_trusted_proxy_forwarded_for_is_ignored(tmp_path: Path) -> None:
     stack = start(tmp_path)
     try:
