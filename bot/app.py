@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from slack_bolt import App
@@ -19,9 +20,11 @@ from bot import listeners
 from bot.edge import SlackEdge
 from bot.gate import AccessGate, build_gate
 from bot.metrics import Metrics
+from bot.myip import LINK_PATH, SourceLinkPages, SourceLinks, parse_proxies
 from bot.notifier import SlackNotifier
 from bot.protection import ProtectionDesk
-from bot.settings import Settings
+from bot.requesting import RequestDesk
+from bot.settings import Settings, split_list
 from jitcore.azure import AzureNetwork, AzureTarget
 from jitcore.azure.clients import StaticTokenCredential, default_credential
 from jitcore.azure.defender import DefenderGateway
@@ -32,6 +35,7 @@ from jitcore.engine import Engine, PolicySet
 from jitcore.model import utcnow
 from jitcore.policy import load_policy_file
 from jitcore.protection import DriftFinding, Protector
+from jitcore.source_flags import SourceFlagger, load_cloud_ranges
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ class JitBot:
     gate: AccessGate | None = None
     defender: DefenderGateway | None = None
     socket: Any = None
+    link_pages: SourceLinkPages | None = None
 
     def start(self) -> None:
         self.engine.check_defender_plans()  # before the first sweep opens anything
@@ -142,6 +147,8 @@ class JitBot:
                 return _plain(start_response, "503 Service Unavailable", b"not ready")
             if path == "/metrics" and self.metrics is not None:
                 return self.metrics.serve(environ, start_response)
+            if path.startswith(LINK_PATH) and self.link_pages is not None:
+                return self.link_pages(environ, start_response)
             if self.settings.socket_mode:
                 return _plain(start_response, "404 Not Found", b"Socket Mode: no HTTP events")
             return slack(environ, start_response)
@@ -196,7 +203,8 @@ def build(settings: Settings) -> JitBot:
     defender = (
         DefenderGateway(target) if any(p.enforcement == "defender" for p in policies) else None
     )
-    notifier = SlackNotifier(client)
+    cloud_ranges = load_cloud_ranges([Path(p) for p in split_list(settings.cloud_ranges)])
+    notifier = SlackNotifier(client, SourceFlagger(cloud_ranges))
     engine = Engine(
         store=store,
         policies=PolicySet(policies, versions),
@@ -232,7 +240,15 @@ def build(settings: Settings) -> JitBot:
     background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jitbot-work")
     gate = build_gate(settings, engine, client, azure_target(settings))  # identity and RBAC
     desk = ProtectionDesk(protector, network.vm_names, client)
-    listeners.register(bolt, engine, background, gate, desk)
+    links = SourceLinks(store, timedelta(seconds=settings.my_ip_ttl))
+    request_desk = RequestDesk(engine, gate, client, background, links, settings.public_url)
+    link_pages = SourceLinkPages(
+        links,
+        parse_proxies(split_list(settings.trusted_proxies)),
+        request_desk.describe_link,
+        request_desk.complete_link,
+    )
+    listeners.register(bolt, engine, background, gate, desk, request_desk)
     return JitBot(
         settings,
         store,
@@ -245,4 +261,5 @@ def build(settings: Settings) -> JitBot:
         metrics=metrics,
         gate=gate,
         defender=defender,
+        link_pages=link_pages if settings.public_url else None,
     )

@@ -281,12 +281,17 @@ def _stop_on_signals(server: Any) -> None:
 
 
 def _sandbox(port: int, workdir: Path, keep: bool, socket_mode: bool = False) -> int:
-    from bot.sandbox import SandboxStack
+    from bot.sandbox import SandboxStack, sandbox_request_settings
 
     configure_logging("INFO", "text")
     workdir.mkdir(parents=True, exist_ok=True)
     stack = SandboxStack(
-        workdir, bot_port=port, fresh=not keep, sweep_interval=5.0, socket_mode=socket_mode
+        workdir,
+        bot_port=port,
+        fresh=not keep,
+        sweep_interval=5.0,
+        socket_mode=socket_mode,
+        settings=sandbox_request_settings(port),
     )
     stack.start()
     state_file = workdir / SANDBOX_STATE
@@ -422,9 +427,21 @@ def _follow_up(slack_api_url: str, name: str, timeout: float = 15.0) -> str:
             calls = json.load(r)
         for call in calls:
             if call.get("name") == name:
-                return str(call.get("args", {}).get("text", ""))
+                return _with_links(call.get("args", {}))
         time.sleep(0.2)
     return f"(no answer at the response_url within {timeout:.0f}s)"
+
+
+def _with_links(message: dict[str, Any]) -> str:
+    """A message's text, then the address of each link button in its blocks (which a
+    terminal cannot click)."""
+    lines = [str(message.get("text", ""))]
+    for block in message.get("blocks") or []:
+        for element in block.get("elements", []) if isinstance(block, dict) else []:
+            if isinstance(element, dict) and element.get("url"):
+                label = (element.get("text") or {}).get("text", "link")
+                lines.append(f"[{label}] {element['url']}")
+    return "\n".join(lines)
 
 
 def _reply_text(text: str) -> str:

@@ -1,6 +1,8 @@
 """The ``/jit`` grammar: text typed in Slack, parsed into typed commands.
 
-    request <vm> <ports> <duration> [from <ip|cidr>] [because <reason>]
+    request <vm>[,<vm>…] <ports> <duration> [from <ip|cidr>] [because <reason>]
+    request                    (alone: opens the request form)
+    source [set <ip|cidr> | clear]
     list
     status <vm>
     extend <id> <duration>
@@ -32,6 +34,7 @@ from jitcore.durations import parse_duration
 
 MAX_REASON = 500
 MAX_PORTS = 10
+MAX_VMS = 5
 
 
 class CommandError(ValueError):
@@ -46,10 +49,28 @@ class CommandError(ValueError):
 @dataclass(frozen=True)
 class RequestCommand:
     vm: str
+    """The VM as typed: a name or resource id, or several separated by commas."""
     ports: tuple[int, ...]
     duration: timedelta
     source: str | None
     reason: str
+
+    @property
+    def vms(self) -> tuple[str, ...]:
+        return parse_vms(self.vm)
+
+
+@dataclass(frozen=True)
+class RequestFormCommand:
+    """``/jit request`` alone: open the request form."""
+
+
+@dataclass(frozen=True)
+class SourceCommand:
+    """``/jit source``: show (``action`` "show"), ``set`` or ``clear`` the saved source."""
+
+    action: str
+    value: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +148,8 @@ AdminCommand = AdminMapCommand | AdminUnmapCommand
 ProtectionCommand = PolicyProtectCommand | PolicyUnprotectCommand | ScanCommand
 Command = (
     RequestCommand
+    | RequestFormCommand
+    | SourceCommand
     | ListCommand
     | StatusCommand
     | ExtendCommand
@@ -139,7 +162,9 @@ Command = (
 )
 
 USAGE = {
-    "request": "/jit request <vm> <ports> <duration> [from <ip|cidr>] [because <reason>]",
+    "request": "/jit request <vm>[,<vm>…] <ports> <duration> [from <ip|cidr>] "
+    "[because <reason>], or /jit request alone for a form",
+    "source": "/jit source | /jit source set <ip|cidr> | /jit source clear",
     "list": "/jit list",
     "status": "/jit status <vm>",
     "extend": "/jit extend <request id> <duration>",
@@ -159,7 +184,9 @@ def parse_command(text: str) -> Command:
         return HelpCommand()
     verb, args = words[0].lower(), words[1:]
     if verb == "request":
-        return _parse_request(args)
+        return _parse_request(args) if args else RequestFormCommand()
+    if verb == "source":
+        return _parse_source(args)
     if verb == "list":
         if args:
             raise CommandError("`list` takes no arguments", USAGE["list"])
@@ -214,11 +241,41 @@ def _parse_request(args: list[str]) -> RequestCommand:
     if len(head) != 3:
         raise CommandError("a request needs a VM, ports and a duration, in that order", usage)
     vm, ports_text, duration_text = head
+    parse_vms(vm)
     try:
         duration = parse_duration(duration_text)
     except ValueError as exc:
         raise CommandError(str(exc), usage) from None
     return RequestCommand(vm, parse_ports(ports_text), duration, source, reason)
+
+
+def parse_vms(text: str) -> tuple[str, ...]:
+    """VM names or resource ids separated by commas, each once (compared without case)."""
+    vms: list[str] = []
+    for part in text.split(","):
+        if not part:
+            raise CommandError(
+                f"`{_clip(text)}` has an empty VM name; separate VMs with single commas, "
+                "like vm-a,vm-b",
+                USAGE["request"],
+            )
+        if part.lower() not in (vm.lower() for vm in vms):
+            vms.append(part)
+    if len(vms) > MAX_VMS:
+        raise CommandError(f"at most {MAX_VMS} VMs in one request", USAGE["request"])
+    return tuple(vms)
+
+
+def _parse_source(args: list[str]) -> SourceCommand:
+    usage = USAGE["source"]
+    action = args[0].lower() if args else "show"
+    if action == "show" and len(args) <= 1:
+        return SourceCommand("show")
+    if action == "clear" and len(args) == 1:
+        return SourceCommand("clear")
+    if action == "set" and len(args) == 2:
+        return SourceCommand("set", args[1])
+    raise CommandError("`source` takes nothing (show it), `set <ip|cidr>` or `clear`", usage)
 
 
 def _parse_extend(args: list[str]) -> ExtendCommand:

@@ -150,6 +150,34 @@ class AccessGate:
         vm = self._vm(self._policy_vm_name(vm_text))
         self._require(user_id, principal, Operation.REQUEST, vm, "request")
 
+    def request_refusals(self, user_id: str, vm_texts: list[str]) -> dict[str, str]:
+        """The refusal text for each VM of ``vm_texts`` that ``user_id`` may not request
+        (the checks of a one-VM ``/jit request``, run for each VM); empty if all may be."""
+        refusals: dict[str, str] = {}
+        for vm_text in vm_texts:
+            try:
+                self._authorize_request(user_id, vm_text)
+            except GateRefusal as exc:
+                refusals[vm_text] = exc.text
+        return refusals
+
+    def requestable_vms(self, user_id: str, vm_names: list[str]) -> list[str]:
+        """Those of ``vm_names`` that ``user_id`` holds the request actions at, in order.
+
+        Raises GateRefusal when the user's identity cannot be resolved; a VM whose check
+        fails (not found, Azure unavailable) is left out.
+        """
+        principal = self._principal(user_id)
+        allowed = []
+        for name in vm_names:
+            try:
+                vm = self.checker.vm(name)
+                if self.checker.check(principal.object_id, Operation.REQUEST, vm).allowed:
+                    allowed.append(name)
+            except CloudError as exc:
+                log.warning("could not check %s for %s: %s", name, user_id, exc.message)
+        return allowed
+
     def _authorize_list(self, user_id: str) -> None:
         principal = self._principal(user_id)
         open_statuses = tuple(s for s in RequestStatus if s not in FINAL_STATUSES)

@@ -32,13 +32,16 @@ from bot.commands import (
     PolicyUnprotectCommand,
     ProtectionCommand,
     RequestCommand,
+    RequestFormCommand,
     RevokeCommand,
     ScanCommand,
+    SourceCommand,
     parse_command,
 )
 from bot.gate import GATED, AccessGate, GateRefusal
 from bot.home import OPEN_STATUSES, publish_home
 from bot.protection import ProtectionDesk
+from bot.requesting import Draft, RequestDesk
 from jitcore.engine import EXTEND_BUTTON_STEP, Engine, ExtensionTooLong
 from jitcore.errors import JitError, NotAuthorized, StateConflict
 from jitcore.model import AccessRequest, RequestStatus
@@ -52,12 +55,18 @@ def register(
     background: Executor,
     gate: AccessGate,
     desk: ProtectionDesk | None = None,
+    request_desk: RequestDesk | None = None,
 ) -> None:
     def handle_command(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         try:
             command = parse_command(body.get("text") or "")
         except CommandError as exc:
             ack(response_type="ephemeral", text=messages.usage_error(exc.message, exc.usage))
+            return
+        if request_desk is not None and isinstance(
+            command, RequestCommand | RequestFormCommand | SourceCommand
+        ):
+            _request_command(request_desk, background, command, body, ack, respond)
             return
         # Access checks (identity, Azure RBAC): see bot.gate.
         if isinstance(command, GATED):
@@ -104,6 +113,67 @@ def register(
     app.action(messages.EXTEND_ACTION)(ack=ack_click, lazy=[extend])
     app.action(messages.END_NOW_ACTION)(ack=ack_click, lazy=[end_now])
     app.event("app_home_opened")(ack=ack_click, lazy=[home_opened])
+    if request_desk is not None:
+        _register_request_form(app, background, request_desk)
+
+
+# -- Requests: inline, the form, saved sources (see bot.requesting) ----------------------
+
+
+def _request_command(
+    desk: RequestDesk,
+    background: Executor,
+    command: RequestCommand | RequestFormCommand | SourceCommand,
+    body: dict[str, Any],
+    ack: Ack,
+    respond: Respond,
+) -> None:
+    user_id, team_id = body["user_id"], body.get("team_id", "")
+    if isinstance(command, SourceCommand):
+        ack(response_type="ephemeral", text=desk.source_command(command, user_id))
+        return
+    if isinstance(command, RequestFormCommand):
+        ack(response_type="ephemeral", text=messages.opening_form())
+        background.submit(_logged, desk.open_form, body, respond)
+        return
+    draft = Draft.of(command)
+    early = desk.early_answer(draft)
+    if early is not None:
+        ack(response_type="ephemeral", text=early)
+        return
+    names = ", ".join(draft.vms)
+    ack(response_type="ephemeral", text=messages.checking_access(f"to {names}"))
+
+    def reply(text: str, blocks: list[dict[str, Any]] | None) -> None:
+        respond(text=text, blocks=blocks, response_type="ephemeral", replace_original=False)
+
+    def finish() -> None:
+        try:
+            desk.finish(draft, user_id, team_id, reply)
+        except Exception:
+            log.exception("the request of %s failed", user_id)
+            reply(messages.gate_failed(), None)
+
+    background.submit(finish)
+
+
+def _register_request_form(app: App, background: Executor, desk: RequestDesk) -> None:
+    def submit_form(ack: Ack, body: dict[str, Any]) -> None:
+        """Checked here, within Slack's three seconds, so errors show on the form."""
+        draft, errors = desk.read_form(body.get("view") or {})
+        if draft is None:
+            ack(response_action="errors", errors=errors)
+            return
+        ack()
+        user_id = body["user"]["id"]
+        team_id = (body.get("team") or {}).get("id", "")
+        background.submit(_logged, desk.submit_form, draft, user_id, team_id)
+
+    def link_opened(ack: Ack) -> None:
+        ack()  # the button opens its URL in the browser; the page does the work
+
+    app.view(messages.REQUEST_FORM_CALLBACK)(submit_form)
+    app.action(messages.MY_IP_ACTION)(link_opened)
 
 
 def _run_command(

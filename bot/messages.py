@@ -30,6 +30,10 @@ HELP_TEXT = "\n".join(
         "*/jit* asks for just-in-time network access to an Azure VM.",
         "• `/jit request <vm> <ports> <duration> [from <ip|cidr>] [because <reason>]`"
         " — e.g. `/jit request vm-web01 22 2h from 203.0.113.7 because deploy fix`",
+        "• `/jit request` alone — a form to pick VMs, ports, duration and source;"
+        " several VMs inline: `/jit request vm-a,vm-b 22 1h from 203.0.113.7`",
+        "• `/jit source set <ip|cidr>` / `/jit source` / `/jit source clear` — the source"
+        " used when a request has no `from`",
         "• `/jit list` — your pending and active requests",
         "• `/jit status <vm>` — who has what open on that VM now, and for how long",
         "• `/jit extend <id> <duration>` — keep access open until now + duration, within the"
@@ -1055,3 +1059,264 @@ def audit_refused(vm: str | None, policy_name: str | None) -> str:
         "the subscription) read all of it, and approvers what concerns the VMs of their "
         "policies; you are neither. `/jit audit <vm>` names one VM."
     )
+
+
+# -- Request form, several VMs, saved and one-time sources -----------------------------
+
+REQUEST_FORM_CALLBACK = "jit_request_form"
+FORM_VMS_BLOCK = "form_vms"
+FORM_VMS_INPUT = "vms"
+FORM_PORTS_BLOCK = "form_ports"
+FORM_PORTS_INPUT = "ports"
+FORM_DURATION_BLOCK = "form_duration"
+FORM_DURATION_INPUT = "duration"
+FORM_SOURCE_BLOCK = "form_source"
+FORM_SOURCE_INPUT = "source"
+FORM_REASON_BLOCK = "form_reason"
+FORM_REASON_INPUT = "reason"
+MY_IP_ACTION = "jit_my_ip"
+MAX_FORM_OPTIONS = 100
+"""Slack's limit on the options of one select menu."""
+FORM_DEFAULT_DURATION = "1h"
+
+
+def _plain_text(text: str) -> dict[str, Any]:
+    return {"type": "plain_text", "text": text}
+
+
+def _option(text: str, value: str) -> dict[str, Any]:
+    return {"text": _plain_text(_clip(text, 75)), "value": value}
+
+
+def request_form_loading_view() -> dict[str, Any]:
+    """Shown at once, while the VMs the user may request are looked up in Azure."""
+    return {
+        "type": "modal",
+        "callback_id": REQUEST_FORM_CALLBACK,
+        "title": _plain_text("Request JIT access"),
+        "close": _plain_text("Cancel"),
+        "blocks": [_mrkdwn_section(":hourglass_flowing_sand: Checking which VMs you may request…")],
+    }
+
+
+def request_form_message_view(text: str) -> dict[str, Any]:
+    """The form replaced by a message (no VM to offer, or the checks failed)."""
+    return {
+        "type": "modal",
+        "callback_id": REQUEST_FORM_CALLBACK,
+        "title": _plain_text("Request JIT access"),
+        "close": _plain_text("Close"),
+        "blocks": [_mrkdwn_section(_clip(text, MAX_SECTION_TEXT))],
+    }
+
+
+def request_form_view(
+    vms: list[str], ports: list[tuple[int, str]], saved_source: str | None
+) -> dict[str, Any]:
+    """The request form: the VMs the user may request, the ports their policies allow
+    (``(port, protocol)``), duration, source (the saved default prefilled) and reason."""
+    source_element: dict[str, Any] = {
+        "type": "plain_text_input",
+        "action_id": FORM_SOURCE_INPUT,
+        "max_length": 100,
+        "placeholder": _plain_text("203.0.113.7 or 203.0.113.0/28"),
+    }
+    if saved_source:
+        source_element["initial_value"] = saved_source
+    notes = []
+    if len(vms) > MAX_FORM_OPTIONS:
+        notes.append(
+            _context(
+                f"You may request {len(vms)} VMs; the list shows the first "
+                f"{MAX_FORM_OPTIONS}. Request the others inline: `/jit request <vm> …`."
+            )
+        )
+    return {
+        "type": "modal",
+        "callback_id": REQUEST_FORM_CALLBACK,
+        "title": _plain_text("Request JIT access"),
+        "submit": _plain_text("Request"),
+        "close": _plain_text("Cancel"),
+        "blocks": notes
+        + [
+            {
+                "type": "input",
+                "block_id": FORM_VMS_BLOCK,
+                "label": _plain_text("VMs"),
+                "element": {
+                    "type": "multi_static_select",
+                    "action_id": FORM_VMS_INPUT,
+                    "placeholder": _plain_text("Choose one or more VMs"),
+                    "options": [_option(vm, vm) for vm in vms[:MAX_FORM_OPTIONS]],
+                },
+            },
+            {
+                "type": "input",
+                "block_id": FORM_PORTS_BLOCK,
+                "label": _plain_text("Ports"),
+                "element": {
+                    "type": "multi_static_select",
+                    "action_id": FORM_PORTS_INPUT,
+                    "placeholder": _plain_text("Choose one or more ports"),
+                    "options": [
+                        _option(f"{port}/{protocol}", str(port))
+                        for port, protocol in ports[:MAX_FORM_OPTIONS]
+                    ],
+                },
+            },
+            {
+                "type": "input",
+                "block_id": FORM_DURATION_BLOCK,
+                "label": _plain_text("Duration"),
+                "hint": _plain_text("Like 30m, 2h or 1h30m, within the policy's limits."),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": FORM_DURATION_INPUT,
+                    "initial_value": FORM_DEFAULT_DURATION,
+                    "max_length": 20,
+                },
+            },
+            {
+                "type": "input",
+                "block_id": FORM_SOURCE_BLOCK,
+                "optional": True,
+                "label": _plain_text("Connect from (IP or CIDR)"),
+                "hint": _plain_text(
+                    "Leave empty to get a one-time link that records your current address."
+                ),
+                "element": source_element,
+            },
+            {
+                "type": "input",
+                "block_id": FORM_REASON_BLOCK,
+                "optional": True,
+                "label": _plain_text("Reason"),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": FORM_REASON_INPUT,
+                    "multiline": True,
+                    "max_length": 500,
+                },
+            },
+        ],
+    }
+
+
+def opening_form() -> str:
+    return (
+        ":memo: Opening the request form… (or type it: "
+        "`/jit request <vm> <ports> <duration> from <ip>`)"
+    )
+
+
+def no_requestable_vms() -> str:
+    return (
+        ":no_entry: There is no VM you may request: your Azure roles allow JIT requests on "
+        "none of the VMs jitbot's policies cover. `/jit why <vm>` shows what is missing."
+    )
+
+
+def form_expired() -> str:
+    return (
+        ":warning: Slack's form timed out before jitbot could open it; nothing was "
+        "requested. Run `/jit request` again, or type the request inline: "
+        "`/jit request <vm> <ports> <duration> from <ip>`."
+    )
+
+
+def form_failed() -> str:
+    return (
+        ":warning: jitbot could not open the request form; nothing was requested. Type the "
+        "request inline: `/jit request <vm> <ports> <duration> from <ip>`."
+    )
+
+
+def request_refused_per_vm(refusals: dict[str, str]) -> str:
+    """Several VMs, some refused (texts already escaped): nothing was requested."""
+    lines = [f"• *{escape(vm)}*: {text}" for vm, text in refusals.items()]
+    return ":no_entry: Nothing was requested:\n" + "\n".join(lines)
+
+
+def group_submitted_ack(requests: list[AccessRequest]) -> str:
+    """The answer to a request for several VMs: one request (and approval) per VM."""
+    if len(requests) == 1:
+        return submitted_ack(requests[0])
+    first = requests[0]
+    duration = format_duration(timedelta(seconds=first.duration_seconds))
+    lines = [
+        f"• #{r.id} *{escape(r.vm_name)}*, to the approvers in <#{r.approval_channel}>"
+        for r in requests
+    ]
+    return (
+        f"{len(requests)} requests for port {first.ports} ({duration}), one per VM; each "
+        "is approved, extended and ended on its own:\n" + "\n".join(lines)
+    )
+
+
+def saved_source_text(source: str | None) -> str:
+    if source is None:
+        return (
+            "You have no saved source. `/jit source set <ip|cidr>` saves one, used when a "
+            "request says no `from`."
+        )
+    return (
+        f"Your saved source is `{escape(source)}`; requests without `from` use it "
+        "(each policy still checks it). `/jit source clear` forgets it."
+    )
+
+
+def source_saved(source: str) -> str:
+    return (
+        f":white_check_mark: Saved `{escape(source)}` as your source; requests without "
+        "`from` use it, if their policy allows it."
+    )
+
+
+def source_cleared(had_one: bool) -> str:
+    if had_one:
+        return "Your saved source is forgotten; requests need `from` again."
+    return "You had no saved source; nothing changed."
+
+
+def my_ip_offer(vms: list[str], url: str, minutes: int) -> tuple[str, list[dict[str, Any]]]:
+    """No source given and none saved: a one-time link that records the user's address."""
+    shown = ", ".join(f"*{escape(vm)}*" for vm in vms)
+    text = (
+        f"Where will you connect to {shown} from? Open the link below from the machine you "
+        f"will connect with (it works once, for {minutes} minutes), or run the request "
+        "again with `from <ip|cidr>`. `/jit source set <ip>` saves an address for next time."
+    )
+    blocks = [
+        _mrkdwn_section(text),
+        {
+            "type": "actions",
+            "block_id": "jit-my-ip",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": MY_IP_ACTION,
+                    "text": _plain_text("Use my current IP"),
+                    "url": url,
+                    "style": "primary",
+                }
+            ],
+        },
+    ]
+    return text, blocks
+
+
+def source_flags_block(request: AccessRequest, flags: list[Any]) -> dict[str, Any]:
+    """A warning under the approval message about where the source address is."""
+    details = "; ".join(escape(flag.detail) for flag in flags)
+    return {
+        "type": "context",
+        "block_id": f"jit-req-{request.id}-source-flags",
+        "elements": [
+            {
+                "type": "mrkdwn",
+                "text": _clip(
+                    f":warning: Source `{escape(request.source_prefix)}` is {details}.", 2000
+                ),
+            }
+        ],
+    }

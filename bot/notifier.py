@@ -19,20 +19,22 @@ from slack_sdk.errors import SlackApiError
 from bot import messages
 from jitcore.model import AccessRequest, Grant, RequestStatus
 from jitcore.notify import Posted, RestoreReport
+from jitcore.source_flags import SourceFlagger
 
 log = logging.getLogger(__name__)
 
 
 class SlackNotifier:
-    def __init__(self, client: WebClient) -> None:
+    def __init__(self, client: WebClient, flagger: SourceFlagger | None = None) -> None:
         self.client = client
+        self.flagger = flagger or SourceFlagger()
 
     def request_submitted(self, request: AccessRequest) -> Posted | None:
         assert request.approval_channel is not None
         response = self.client.chat_postMessage(
             channel=request.approval_channel,
             text=messages.request_fallback(request),
-            blocks=messages.approval_blocks(request),
+            blocks=self._approval_blocks(request),
             unfurl_links=False,
             unfurl_media=False,
         )
@@ -114,8 +116,17 @@ class SlackNotifier:
             channel=request.approval_channel,
             ts=request.approval_ts,
             text=messages.request_fallback(request),
-            blocks=messages.approval_blocks(request),
+            blocks=self._approval_blocks(request),
         )
+
+    def _approval_blocks(self, request: AccessRequest) -> list[dict[str, Any]]:
+        """The approval message, with a warning when the source is private, shared
+        (CGNAT) or a cloud provider's address."""
+        blocks = messages.approval_blocks(request)
+        flags = self.flagger.flags(request.source_prefix)
+        if flags:
+            blocks.insert(1, messages.source_flags_block(request, flags))
+        return blocks
 
     def _thread(self, request: AccessRequest, text: str) -> None:
         if not (request.approval_channel and request.approval_ts):

@@ -35,6 +35,24 @@ def seed_file(name: str) -> Path:
     return Path(str(resources.files("sandbox") / "seeds" / name))
 
 
+def sandbox_request_settings(port: int) -> dict[str, Any]:
+    """Settings that show requests without a source in the sandbox: the "use my current
+    IP" link on the bot's own port (when known in advance), and the sample Azure cloud
+    ranges (documentation addresses, not Azure's) so that a source can be flagged.
+
+    Everything here connects from 127.0.0.1, which no policy accepts as a source, so
+    127.0.0.1 stands in for a reverse proxy: ``curl -H 'X-Forwarded-For: 198.51.100.7'``
+    plays a browser at that address.
+    """
+    settings: dict[str, Any] = {
+        "cloud_ranges": str(seed_file("cloud-ranges-azure.sample.json")),
+        "trusted_proxies": "127.0.0.1",
+    }
+    if port:
+        settings["public_url"] = f"http://127.0.0.1:{port}"
+    return settings
+
+
 class SandboxStack:
     """The ARM stand-in (HTTPS), the Slack stand-in, and the bot, all on 127.0.0.1.
 
@@ -197,6 +215,8 @@ class SandboxStack:
                 "Try it, in another terminal (same folder):",
                 f"  {_jitbot()} send command 'request vm-web01 22 2h from 203.0.113.7'",
                 f"  {_jitbot()} send approve 1          # as approver U0APPROVR1",
+                f"  {_jitbot()} send command 'request vm-web01 22 1h'"
+                "   # no `from`: a one-time 'Use my current IP' link",
                 f"  kill -HUP {os.getpid()}      # restart only the bot; live grants still expire",
                 f"  curl -s {slack_base}/sandbox/calls      # what the bot posted to Slack",
                 f"  curl -s --cacert {info['ca_path']} {info['arm_url']}/sandbox/state"

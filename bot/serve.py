@@ -18,8 +18,16 @@ class HttpServer:
 
     def __init__(self, bot: JitBot, host: str, port: int, threads: int = 8) -> None:
         self.bot = bot
+        # X-Forwarded-For reaches the app as sent; only bot.myip reads it, and believes
+        # it only from JITBOT_TRUSTED_PROXIES (several proxies and CIDRs, which
+        # waitress's own single trusted_proxy cannot express).
         self._server: Any = create_server(
-            bot.wsgi(), host=host, port=port, threads=threads, ident="jitbot"
+            bot.wsgi(),
+            host=host,
+            port=port,
+            threads=threads,
+            ident="jitbot",
+            clear_untrusted_proxy_headers=False,
         )
         self._thread: threading.Thread | None = None
 

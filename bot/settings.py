@@ -7,6 +7,7 @@ never print by accident, and :func:`problems` never echoes a secret or the datab
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -87,6 +88,22 @@ class Settings(DatabaseSettings):
         ge=0,
         description="how long before its end a grant's requester is warned; 0: never",
     )
+    public_url: str | None = Field(
+        default=None,
+        description="the bot's own https:// address, for one-time 'use my current IP' links",
+    )
+    my_ip_ttl: float = Field(
+        default=300.0, ge=30, le=3600, description="seconds a 'use my current IP' link lasts"
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed",
+    )
+    cloud_ranges: str = Field(
+        default="",
+        description="comma-separated paths of Azure Service Tags, AWS ip-ranges.json or "
+        "Google cloud.json files; sources inside them are flagged to approvers",
+    )
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     metrics_token: SecretStr | None = None
@@ -129,12 +146,46 @@ class Settings(DatabaseSettings):
             raise ValueError("required when JITBOT_AZURE_CREDENTIAL=static")
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(
+                "use the address people reach the bot at, like https://jit.example.com"
+            )
+        return value.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        for item in split_list(value):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+        return value
+
+    @field_validator("cloud_ranges")
+    @classmethod
+    def _range_files(cls, value: str) -> str:
+        missing = [item for item in split_list(value) if not Path(item).is_file()]
+        if missing:
+            raise ValueError(f"no such file: {', '.join(missing)}")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"use one of {', '.join(LOG_LEVELS)}")
         return value.upper()
+
+
+def split_list(value: str) -> list[str]:
+    """The items of a comma-separated setting, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def env_name(field: str) -> str:

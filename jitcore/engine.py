@@ -219,54 +219,119 @@ class Engine:
     ) -> AccessRequest:
         """Record a new pending request; raises RequestRejected (and records nothing) if the
         policy does not allow it."""
-        checked = self.check(vm, ports, duration, source)
+        [request] = self._submit([vm], team_id, requester_id, ports, duration, source, reason)
+        return request
+
+    @counts_rejections
+    def submit_group(
+        self,
+        team_id: str,
+        requester_id: str,
+        vms: list[str],
+        ports: list[int],
+        duration: timedelta,
+        source: str,
+        reason: str = "",
+    ) -> list[AccessRequest]:
+        """Record one pending request per VM, linked by a group id, all or none.
+
+        Every VM is checked first; if any is refused, nothing is recorded and the
+        RequestRejected names what was wrong with each refused VM. Each request then lives
+        on its own (approval, expiry, extension and revocation are per VM).
+        """
+        return self._submit(vms, team_id, requester_id, ports, duration, source, reason)
+
+    def _submit(
+        self,
+        vms: list[str],
+        team_id: str,
+        requester_id: str,
+        ports: list[int],
+        duration: timedelta,
+        source: str,
+        reason: str,
+    ) -> list[AccessRequest]:
+        checked_all = self._check_each(vms, ports, duration, source)
         waiting = self.requests_of(requester_id, (RequestStatus.PENDING,))
-        if len(waiting) >= self.max_pending_per_requester:
+        if len(waiting) + len(checked_all) > self.max_pending_per_requester:
             raise RequestRejected(
                 f"you already have {len(waiting)} requests waiting for a decision (at most "
                 f"{self.max_pending_per_requester}); wait for them or ask an approver"
             )
-        request = AccessRequest(
-            team_id=team_id,
-            requester_id=requester_id,
-            vm_name=checked.vm_name,
-            ports=",".join(str(p) for p in checked.ports),
-            protocol=checked.protocol,
-            source_prefix=checked.source_prefix,
-            duration_seconds=int(checked.duration.total_seconds()),
-            reason=reason,
-            policy_name=checked.policy.name,
-            policy_version=self.policies.versions.get(checked.policy.name, 1),
-            status=RequestStatus.PENDING,
-            created_at=self.clock(),
-            approval_channel=checked.policy.approval_channel,
-        )
-        with self.store.session() as session:
-            session.add(request)
-            session.flush()
-            assert request.id is not None
-            session.add(
-                AuditEvent(
-                    at=self.clock(),
-                    request_id=request.id,
-                    actor=requester_id,
-                    action="requested",
-                    detail={
-                        "vm": request.vm_name,
-                        "ports": request.ports,
-                        "source": request.source_prefix,
-                        "duration_seconds": request.duration_seconds,
-                        "reason": reason,
-                        "policy": f"{request.policy_name}@{request.policy_version}",
-                    },
-                )
+        group_id = uuid.uuid4().hex if len(checked_all) > 1 else None
+        requests = [
+            AccessRequest(
+                team_id=team_id,
+                requester_id=requester_id,
+                vm_name=checked.vm_name,
+                ports=",".join(str(p) for p in checked.ports),
+                protocol=checked.protocol,
+                source_prefix=checked.source_prefix,
+                duration_seconds=int(checked.duration.total_seconds()),
+                reason=reason,
+                policy_name=checked.policy.name,
+                policy_version=self.policies.versions.get(checked.policy.name, 1),
+                status=RequestStatus.PENDING,
+                created_at=self.clock(),
+                approval_channel=checked.policy.approval_channel,
+                group_id=group_id,
             )
-            session.add(self.store.notification(request.id, "request_submitted", {}))
+            for checked in checked_all
+        ]
+        with self.store.session() as session:
+            for request in requests:
+                session.add(request)
+                session.flush()
+                assert request.id is not None
+                detail: dict[str, Any] = {
+                    "vm": request.vm_name,
+                    "ports": request.ports,
+                    "source": request.source_prefix,
+                    "duration_seconds": request.duration_seconds,
+                    "reason": reason,
+                    "policy": f"{request.policy_name}@{request.policy_version}",
+                }
+                if group_id is not None:
+                    detail["group"] = group_id
+                session.add(
+                    AuditEvent(
+                        at=self.clock(),
+                        request_id=request.id,
+                        actor=requester_id,
+                        action="requested",
+                        detail=detail,
+                    )
+                )
+                session.add(self.store.notification(request.id, "request_submitted", {}))
             session.commit()
-            session.refresh(request)
-        log.info("request %s submitted by %s for %s", request.id, requester_id, request.vm_name)
-        self.observer.request_event("submitted", request)
-        return request
+            for request in requests:
+                session.refresh(request)
+        for request in requests:
+            log.info("request %s submitted by %s for %s", request.id, requester_id, request.vm_name)
+            self.observer.request_event("submitted", request)
+        return requests
+
+    def _check_each(
+        self, vms: list[str], ports: list[int], duration: timedelta, source: str
+    ) -> list[CheckedRequest]:
+        """Check every VM; one refusal is raised as it is, several are gathered per VM."""
+        checked: list[CheckedRequest] = []
+        refused: list[tuple[str, RequestRejected]] = []
+        for vm in vms:
+            try:
+                checked.append(self.check(vm, ports, duration, source))
+            except RequestRejected as exc:
+                refused.append((vm, exc))
+        if len(vms) == 1 and refused:
+            raise refused[0][1]
+        if refused:
+            raise RequestRejected(
+                "nothing was requested: " + "; ".join(f"{vm}: {exc.message}" for vm, exc in refused)
+            )
+        names = [c.vm_name.lower() for c in checked]
+        if len(names) != len(set(names)):
+            raise RequestRejected("the same VM is named twice; name each VM once")
+        return checked
 
     def deliver(self, request_id: int | None = None) -> None:
         """Deliver queued notifications (of one request, or all), oldest first.

@@ -38,12 +38,14 @@ class InvalidSource(RequestRejected):
 
 
 class UnknownVm(RequestRejected):
-    def __init__(self, name: str, known: list[str]) -> None:
+    def __init__(self, name: str, known: list[str], suggestion: str | None = None) -> None:
         allowed = ", ".join(sorted(known)) if known else "none"
+        hint = f"did you mean `{suggestion}`? " if suggestion else ""
         super().__init__(
-            f"no JIT policy covers a VM named `{name}`; VMs you can request: {allowed}"
+            f"no JIT policy covers a VM named `{name}`; {hint}VMs you can request: {allowed}"
         )
         self.name = name
+        self.suggestion = suggestion
 
 
 class PortNotAllowed(RequestRejected):

@@ -116,6 +116,8 @@ class AccessRequest(SQLModel, table=True):
     end_reason: str | None = None
     lease_owner: str | None = None
     lease_until: datetime | None = _utc_column()
+    group_id: str | None = Field(default=None, index=True)
+    """Shared by the requests one ``/jit request`` made for several VMs (one per VM)."""
 
     @property
     def port_list(self) -> list[int]:
@@ -229,3 +231,32 @@ class SeenSignature(SQLModel, table=True):
 
     signature: str = Field(primary_key=True, max_length=80)
     seen_at: datetime | None = _utc_column(nullable=False, index=True)
+
+
+class SavedSource(SQLModel, table=True):
+    """A user's default source address (``/jit source set``), used when a request names
+    none. Checked against the policy of each request, not only when saved."""
+
+    __tablename__ = "saved_source"
+
+    slack_user_id: str = Field(primary_key=True)
+    source: str
+    set_at: datetime | None = _utc_column(nullable=False)
+
+
+class SourceLink(SQLModel, table=True):
+    """A one-time "use my current IP" link: the request waiting for its source address.
+
+    Only the SHA-256 of the link's token is stored. ``draft`` holds what was asked (VMs,
+    ports, duration, reason); the request is recorded when the link is used, once.
+    """
+
+    __tablename__ = "source_link"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    slack_user_id: str = Field(index=True)
+    team_id: str
+    draft: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime | None = _utc_column(nullable=False)
+    expires_at: datetime | None = _utc_column(nullable=False)
+    used_at: datetime | None = _utc_column()

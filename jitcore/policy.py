@@ -8,6 +8,7 @@ checked against.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -258,14 +259,38 @@ def find_policy(policies: list[Policy], vm: str) -> Policy:
     for policy in policies:
         if policy.match(vm) is not None:
             return policy
-    known = sorted({entry.rsplit("/", 1)[-1] for p in policies for entry in p.vms})
-    raise UnknownVm(vm, known)
+    known = policy_vm_names(policies)
+    raise UnknownVm(vm, known, closest_vm_name(vm, known))
+
+
+def policy_vm_names(policies: list[Policy]) -> list[str]:
+    """Every VM name the policies cover, as they spell it, sorted."""
+    return sorted({entry.rsplit("/", 1)[-1] for p in policies for entry in p.vms})
+
+
+def closest_vm_name(typed: str, known: list[str]) -> str | None:
+    """The policy VM name closest to ``typed`` (a name or a resource id), if one is close
+    enough to be a likely typo; compared without regard to case."""
+    wanted = typed.strip().rstrip("/").rsplit("/", 1)[-1].lower()
+    by_lower = {name.lower(): name for name in known}
+    close = difflib.get_close_matches(wanted, list(by_lower), n=1, cutoff=0.75)
+    return by_lower[close[0]] if close else None
 
 
 def check_request(
     policies: list[Policy], vm: str, ports: list[int], duration: timedelta, source: str
 ) -> CheckedRequest:
     """Check a request against the policy covering the VM; raise RequestRejected if not allowed."""
+    policy, vm_name, protocol = check_target(policies, vm, ports, duration)
+    prefix = check_source(policy, source, vm_name)
+    return CheckedRequest(policy, vm_name, tuple(ports), protocol, duration, prefix)
+
+
+def check_target(
+    policies: list[Policy], vm: str, ports: list[int], duration: timedelta
+) -> tuple[Policy, str, str]:
+    """Check the VM, ports and duration of a request (not yet its source); return the
+    policy, the VM's name as the policy spells it and the rules' protocol."""
     policy = find_policy(policies, vm)
     vm_name = policy.match(vm) or vm
 
@@ -285,7 +310,12 @@ def check_request(
             format_duration(policy.min_duration),
             format_duration(longest),
         )
+    return policy, vm_name, protocol
 
+
+def check_source(policy: Policy, source: str, vm_name: str) -> str:
+    """The canonical prefix of ``source`` if ``policy`` allows it as a source for
+    ``vm_name`` (named in the refusal when Defender for Cloud would refuse it)."""
     prefix = canonical_source(source)
     check_width(prefix, policy.widest_source_v4, policy.widest_source_v6)
     if not policy.allow_private_sources and is_private(prefix):
@@ -305,7 +335,7 @@ def check_request(
             policy.widest_source_v4,
             policy.widest_source_v6,
         )
-    return CheckedRequest(policy, vm_name, tuple(ports), protocol, duration, prefix)
+    return prefix
 
 
 def _within(prefix: str, allowed: list[str]) -> bool:

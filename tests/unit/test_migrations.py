@@ -91,13 +91,13 @@ def test_create_schema_on_a_database_at_head_changes_nothing(engine: Engine) -> 
     assert rows(engine, "grant", "id", "state") == [(1, "present")]
 
 
-def test_the_last_revision_downgrades_and_upgrades_again_keeping_the_rows(
+def test_the_revisions_downgrade_to_the_first_release_and_upgrade_again_keeping_the_rows(
     engine: Engine,
 ) -> None:
     create_schema(engine)
     insert_active_grant(engine)
 
-    migrations.downgrade(engine, "-1")
+    migrations.downgrade(engine, migrations.FIRST_RELEASE)
 
     assert migrations.current(engine) == migrations.FIRST_RELEASE
     assert differences(engine, first_release()) == []
@@ -109,6 +109,21 @@ def test_the_last_revision_downgrades_and_upgrades_again_keeping_the_rows(
     assert differences(engine) == []
     assert rows(engine, "grant", "id", "kind", "state") == [(1, "nsg", "present")]
     assert rows(engine, "access_request", "id", "status", "lease_owner") == [(1, "active", None)]
+
+
+def test_the_request_forms_revision_downgrades_and_upgrades_keeping_requests(
+    engine: Engine,
+) -> None:
+    create_schema(engine)
+    insert_active_grant(engine)
+
+    migrations.downgrade(engine, "-1")
+
+    assert migrations.current(engine) == "0002"
+    assert "group_id" not in {c["name"] for c in sa.inspect(engine).get_columns("access_request")}
+    migrations.upgrade(engine)
+    assert differences(engine) == []
+    assert rows(engine, "access_request", "id", "status", "group_id") == [(1, "active", None)]
 
 
 def test_a_database_made_by_the_first_release_is_stamped_then_upgraded(engine: Engine) -> None:
