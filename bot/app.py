@@ -144,9 +144,21 @@ def slack_client(settings: Settings) -> WebClient:
     return client
 
 
+def slack_group_members(client: WebClient) -> Callable[[str], list[str]]:
+    """Reads an approver user group's members with usergroups.users.list (scope
+    usergroups:read), each time it is asked: membership is never cached or taken from a
+    click."""
+
+    def members(group_id: str) -> list[str]:
+        response = client.usergroups_users_list(usergroup=group_id)
+        return [str(user) for user in response.get("users") or []]
+
+    return members
+
+
 def build(settings: Settings) -> JitBot:
     """Wire every part from settings. Nothing talks to Slack or Azure until started."""
-    store = Store(make_engine(settings.database_url))
+    store = Store(make_engine(settings.database_url), audit_feed=settings.audit_channel is not None)
     create_schema(store.engine)
     policies = load_policy_file(settings.policy_file)
     versions = store.save_policy_versions({p.name: p.body() for p in policies}, origin="file")
@@ -156,7 +168,7 @@ def build(settings: Settings) -> JitBot:
     target = metrics.watch_arm(azure_target(settings))
     network = AzureNetwork(target)
     firewalls = FirewallGateway(target) if any(p.firewall for p in policies) else None
-    notifier = SlackNotifier(client)
+    notifier = SlackNotifier(client, audit_channel=settings.audit_channel)
     engine = Engine(
         store=store,
         policies=PolicySet(policies, versions),
@@ -165,6 +177,7 @@ def build(settings: Settings) -> JitBot:
         pending_timeout=timedelta(seconds=settings.pending_timeout_seconds),
         lease_seconds=settings.lease_seconds,
         firewalls=firewalls,
+        group_members=slack_group_members(client),
     )
     metrics.watch_engine(engine, network)
 

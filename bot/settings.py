@@ -7,6 +7,7 @@ never print by accident, and :func:`problems` never echoes a secret or the datab
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 ENV_PREFIX = "JITBOT_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DATABASE_BACKENDS = ("sqlite", "postgresql")
+_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,30}")
 
 
 class DatabaseSettings(BaseSettings):
@@ -78,6 +80,10 @@ class Settings(DatabaseSettings):
         ge=0,
         description="how long before its end a grant's requester is warned; 0: never",
     )
+    audit_channel: str | None = Field(
+        default=None,
+        description="channel id (C… or G…) that gets one line per request lifecycle event",
+    )
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     metrics_token: SecretStr | None = None
@@ -104,6 +110,15 @@ class Settings(DatabaseSettings):
         if value is None and info.data.get("azure_credential") == "static":
             raise ValueError("required when JITBOT_AZURE_CREDENTIAL=static")
         return value
+
+    @field_validator("audit_channel")
+    @classmethod
+    def _audit_channel(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not _CHANNEL_ID.fullmatch(value.strip()):
+            raise ValueError("a channel id like C0123ABCD (channel details, at the bottom)")
+        return value.strip()
 
     @field_validator("log_level")
     @classmethod

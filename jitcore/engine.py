@@ -38,7 +38,7 @@ from jitcore.azure.firewall import (
     policy_managed_message,
 )
 from jitcore.azure.inventory import VmNetwork
-from jitcore.db import Store
+from jitcore.db import AUDIT_LINE_EVENT, Store
 from jitcore.durations import format_duration
 from jitcore.errors import (
     CloudError,
@@ -50,6 +50,7 @@ from jitcore.errors import (
 )
 from jitcore.model import (
     AccessRequest,
+    Approval,
     AuditEvent,
     Grant,
     GrantState,
@@ -68,7 +69,14 @@ from jitcore.planner import (
     plan_allow,
     rule_description,
 )
-from jitcore.policy import CheckedRequest, Policy, check_request, find_policy
+from jitcore.policy import (
+    AutoApproveRule,
+    CheckedRequest,
+    Policy,
+    check_request,
+    find_policy,
+    is_user_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +92,37 @@ EXTEND_LEASE_WAIT = 0.2
 """An extension waits up to 5 seconds for another worker (opening, sweeping) to let go."""
 EXTEND_BUTTON_STEP = timedelta(minutes=30)
 """How much later the Extend button of an expiry warning moves the end (capped)."""
-NOTICES_WITH_ARGS = frozenset({"request_extended", "request_expiring"})
+NOTICES_WITH_ARGS = frozenset(
+    {
+        "request_extended",
+        "request_expiring",
+        "request_partly_approved",
+        "request_reminded",
+        AUDIT_LINE_EVENT,
+    }
+)
 """Notices whose notifier method takes the notice's arguments besides the request."""
+
+
+AUTO_APPROVAL_WINDOW = timedelta(days=1)
+"""The rolling window of an auto-approval rule's ``max_per_day``."""
+
+
+class AlreadyCounted(StateConflict):
+    """The approver's approval of a still-pending request was counted before; the
+    request waits for another approver."""
+
+    def __init__(self, request_id: int) -> None:
+        super().__init__(
+            f"your approval of request #{request_id} is already counted; it needs another approver",
+            RequestStatus.PENDING,
+        )
+        self.request_id = request_id
+
+
+class ApproversUnavailable(NotAuthorized):
+    """The members of an approver user group could not be read, so nobody can be
+    authorized through it right now."""
 
 
 class ExtensionTooLong(RequestRejected):
@@ -145,6 +182,7 @@ class Engine:
         lease_seconds: float = 300.0,
         firewalls: FirewallGateway | None = None,
         max_pending_per_requester: int = 5,
+        group_members: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.store = store
         self.policies = policies
@@ -156,6 +194,8 @@ class Engine:
         self.lease_seconds = lease_seconds
         self.firewalls = firewalls
         self.max_pending_per_requester = max_pending_per_requester
+        self.group_members = group_members
+        """Reads a Slack user group's members (user ids); asked at every decision."""
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._busy: set[int] = set()
         self._busy_guard = threading.Lock()
@@ -201,6 +241,7 @@ class Engine:
             created_at=self.clock(),
             approval_channel=checked.policy.approval_channel,
         )
+        auto_rule = checked.policy.auto_rule_for(checked)
         with self.store.session() as session:
             session.add(request)
             session.flush()
@@ -221,12 +262,71 @@ class Engine:
                     },
                 )
             )
-            session.add(self.store.notification(request.id, "request_submitted", {}))
+            if auto_rule is None:
+                session.add(self.store.notification(request.id, "request_submitted", {}))
             session.commit()
             session.refresh(request)
         log.info("request %s submitted by %s for %s", request.id, requester_id, request.vm_name)
         self.observer.request_event("submitted", request)
+        if auto_rule is not None:
+            assert request.id is not None
+            self._auto_approve(request, auto_rule)
+            return self._require(request.id)
         return request
+
+    def _auto_approve(self, request: AccessRequest, rule: AutoApproveRule) -> None:
+        """Approve a just-submitted request by an auto-approval rule, within its daily limit.
+
+        The rule's approval is counted first; only if it is within the rule's
+        ``max_per_day`` for this requester (earlier rows first, so racing requests cannot
+        both take the last one) does the request move to approved. Past the limit the
+        approval is taken back and the request goes to the approvers like any other.
+        """
+        assert request.id is not None
+        actor = f"auto:{rule.name}"
+        now = self.clock()
+        counted = self.store.add_approval(request.id, actor, "auto", now, required=1)
+        assert counted is not None
+        approval, _count = counted
+        used = self.store.auto_approvals_until(
+            approval, request.requester_id, request.policy_name, now - AUTO_APPROVAL_WINDOW
+        )
+        detail = {"rule": rule.name, "max_per_day": rule.max_per_day}
+        if used > rule.max_per_day:
+            assert approval.id is not None
+            self.store.remove_approval(approval.id)
+            with self.store.session() as session:
+                session.add(self.store.notification(request.id, "request_submitted", {}))
+                session.add(
+                    AuditEvent(
+                        at=now,
+                        request_id=request.id,
+                        actor=actor,
+                        action="auto_approval_limit_reached",
+                        detail=detail,
+                    )
+                )
+                session.commit()
+            log.info("request %s: rule %s reached its daily limit", request.id, rule.name)
+            return
+        self.store.transition(
+            request.id,
+            (RequestStatus.PENDING,),
+            RequestStatus.APPROVED,
+            notify=("request_auto_approved", {"rule": rule.name}),
+            audit=("auto_approved", actor, detail),
+            decided_at=now,
+            decided_by=actor,
+        )
+        log.info("request %s auto-approved by rule %s", request.id, rule.name)
+        self.observer.request_event("approved", self._require(request.id))
+
+    def settle_submitted(self, request_id: int) -> None:
+        """After a submission: open it at once if a rule approved it, then tell people."""
+        request = self._require(request_id)
+        if request.status == RequestStatus.APPROVED:
+            self.open(request_id)
+        self.deliver(request_id)
 
     def deliver(self, request_id: int | None = None) -> None:
         """Deliver queued notifications (of one request, or all), oldest first.
@@ -236,20 +336,23 @@ class Engine:
         so people read events in the order they happened. Delivery is at least once: a
         crash between sending and recording the send repeats that one message.
         """
-        stuck: set[int] = set()
+        stuck: set[tuple[int, bool]] = set()
         for note in self.store.pending_notifications(request_id):
-            if note.request_id in stuck:
+            # Audit-channel lines keep their own order, so a broken audit channel never
+            # holds back what requesters and approvers are told, nor the other way round.
+            lane = (note.request_id, note.event == AUDIT_LINE_EVENT)
+            if lane in stuck:
                 continue
             now = self.clock()
             claim_until = now + timedelta(seconds=min(NOTIFY_CLAIM_SECONDS, self.lease_seconds))
             assert note.id is not None
             if not self.store.claim_notification(note.id, self.worker_id, now, claim_until):
-                stuck.add(note.request_id)
+                stuck.add(lane)
                 continue
             try:
                 self._send(note)
             except Exception as exc:
-                stuck.add(note.request_id)
+                stuck.add(lane)
                 give_up = note.attempts + 1 >= MAX_NOTIFY_ATTEMPTS
                 self.store.finish_notification(
                     note.id, self.clock(), error=type(exc).__name__, give_up=give_up
@@ -274,8 +377,11 @@ class Engine:
 
     def _send(self, note: Notification) -> None:
         request = self._require(note.request_id)
-        if note.event == "request_submitted":
-            posted = self.notifier.request_submitted(request)
+        if note.event in ("request_submitted", "request_auto_approved"):
+            if note.event == "request_submitted":
+                posted = self.notifier.request_submitted(request)
+            else:
+                posted = self.notifier.request_auto_approved(request, str(note.args["rule"]))
             if posted is not None:
                 self.store.update_request(
                     request.id, approval_channel=posted.channel, approval_ts=posted.ts
@@ -286,30 +392,149 @@ class Engine:
             self.notifier.request_failed(request, str(note.args.get("reason", "")))
         elif note.event == "request_closed":
             self.notifier.request_closed(request, RestoreReport.from_json(note.args))
+        elif note.event == "request_partly_approved":
+            args = {**note.args, "approved_by": self.approvers_who_approved(request.id)}
+            self.notifier.request_partly_approved(request, args)
         elif note.event in NOTICES_WITH_ARGS:
             getattr(self.notifier, note.event)(request, dict(note.args))
         else:
             getattr(self.notifier, note.event)(request)
 
-    def approvers_of(self, request: AccessRequest) -> list[str]:
+    def approvers_of(self, request: AccessRequest, strict: bool = False) -> list[str]:
+        """The user ids who approve ``request``: the policy's users and the current members
+        of its user groups, read from Slack now (never from a click).
+
+        A group whose members cannot be read counts as empty, failing closed; with
+        ``strict`` it raises ApproversUnavailable instead, so a decision can say why.
+        """
         policy = self.policies.by_name(request.policy_name)
-        return list(policy.approvers) if policy else []
+        if policy is None:
+            return []
+        users: list[str] = []
+        for entry in policy.approvers:
+            members = self._members(entry, strict) if is_user_group(entry) else [entry]
+            users.extend(m for m in members if m not in users)
+        return users
+
+    def _members(self, group: str, strict: bool) -> list[str]:
+        try:
+            if self.group_members is None:
+                raise LookupError("no way to read Slack user groups is configured")
+            return list(self.group_members(group))
+        except Exception as exc:
+            log.warning("could not read the members of user group %s: %s", group, exc)
+            if strict:
+                raise ApproversUnavailable(
+                    f"jitbot could not read the members of the approver group {group} "
+                    "from Slack, so nothing changed; try again in a minute"
+                ) from None
+            return []
+
+    def approves_anything(self, user_id: str) -> bool:
+        """Whether ``user_id`` approves for any policy (directly or through a group)."""
+        for policy in self.policies.policies:
+            if user_id in policy.approvers:
+                return True
+            if any(user_id in self._members(g, False) for g in policy.approver_groups):
+                return True
+        return False
+
+    def approvals_required(self, request: AccessRequest) -> int:
+        policy = self.policies.by_name(request.policy_name)
+        return policy.approvals_required if policy else 1
 
     def authorize_decision(self, request: AccessRequest, actor_id: str) -> None:
         """Raise NotAuthorized unless ``actor_id`` may decide ``request`` right now."""
         if actor_id == request.requester_id:
             raise NotAuthorized("you cannot approve or deny your own request")
-        approvers = self.approvers_of(request)
+        approvers = self.approvers_of(request, strict=True)
         if actor_id not in approvers:
             raise NotAuthorized(
                 f"only the approvers of policy {request.policy_name} can decide this request"
             )
 
     def approve(self, request_id: int, approver_id: str) -> AccessRequest:
-        """Approve a pending request and open access. Raises NotAuthorized or StateConflict."""
-        self._decide(request_id, approver_id, RequestStatus.APPROVED, "approved")
+        """Count an approval; the one that completes the policy's ``approvals_required``
+        approves the request and opens access.
+
+        Each approver counts once (a unique row per request and approver); the final
+        move to approved is the usual compare-and-set, so of approvers clicking at once,
+        on any replicas, exactly one opens access and the others hear who did. Raises
+        NotAuthorized, AlreadyCounted or StateConflict.
+        """
+        request = self._require(request_id)
+        self._authorized_or_audited(request, approver_id)
+        if request.status != RequestStatus.PENDING:
+            self._refuse_decided(request_id, approver_id)
+        required = self.approvals_required(request)
+        counted = self.store.add_approval(
+            request_id,
+            approver_id,
+            "user",
+            self.clock(),
+            required,
+            partial=("request_partly_approved", {"required": required}),
+        )
+        if counted is None:
+            if self._require(request_id).status != RequestStatus.PENDING:
+                self._refuse_decided(request_id, approver_id)
+            self.store.audit(
+                "decision_refused", approver_id, request_id, reason="approval already counted"
+            )
+            raise AlreadyCounted(request_id)
+        approval, seen = counted
+        count = seen if seen >= required else len(self.store.approvals(request_id))
+        if count < required:
+            log.info("request %s: approval %s/%s by %s", request_id, count, required, approver_id)
+            self.deliver(request_id)
+            return self._require(request_id)
+        try:
+            self._decide(
+                request_id,
+                approver_id,
+                RequestStatus.APPROVED,
+                "approved",
+                approvals=f"{min(count, required)}/{required}",
+            )
+        except (StateConflict, NotAuthorized):
+            self._take_back_unneeded(approval, required)
+            raise
         self.open(request_id)
         return self._require(request_id)
+
+    def _take_back_unneeded(self, approval: Approval, required: int) -> None:
+        """After losing the race to approve: keep the approval if the request was approved
+        with it counted (another approver's click completed the same count), otherwise
+        remove it, so the approvals table holds only approvals that took effect."""
+        assert approval.id is not None
+        status = self._require(approval.request_id).status
+        others = [a for a in self.store.approvals(approval.request_id) if a.id != approval.id]
+        undecided_or_refused = (RequestStatus.PENDING, RequestStatus.DENIED, RequestStatus.EXPIRED)
+        approved = status not in undecided_or_refused
+        if not approved or len(others) >= required:
+            self.store.remove_approval(approval.id)
+
+    def _authorized_or_audited(self, request: AccessRequest, actor_id: str) -> None:
+        try:
+            self.authorize_decision(request, actor_id)
+        except NotAuthorized as exc:
+            self.store.audit("decision_refused", actor_id, request.id, reason=exc.message)
+            raise
+
+    def _refuse_decided(self, request_id: int, actor_id: str) -> None:
+        """Raise the late-click refusal naming who decided, audited."""
+        current = self._require(request_id)
+        self.store.audit(
+            "decision_refused", actor_id, request_id, reason=f"already {current.status}"
+        )
+        raise StateConflict(
+            f"request #{request_id} was already {current.status}",
+            current.status,
+            current.decided_by,
+        )
+
+    def approvers_who_approved(self, request_id: int) -> list[str]:
+        return [a.approver_id for a in self.store.approvals(request_id)]
 
     def deny(self, request_id: int, approver_id: str, note: str = "") -> AccessRequest:
         """Deny a pending request; nothing in the cloud is touched."""
@@ -318,7 +543,13 @@ class Engine:
         )
 
     def _decide(
-        self, request_id: int, actor_id: str, outcome: str, action: str, note: str | None = None
+        self,
+        request_id: int,
+        actor_id: str,
+        outcome: str,
+        action: str,
+        note: str | None = None,
+        approvals: str | None = None,
     ) -> AccessRequest:
         """Record one decision on a pending request, once, by someone allowed to make it.
 
@@ -330,7 +561,9 @@ class Engine:
         except NotAuthorized as exc:
             self.store.audit("decision_refused", actor_id, request_id, reason=exc.message)
             raise
-        detail = {"note": note} if note else {}
+        detail: dict[str, Any] = {"note": note} if note else {}
+        if approvals is not None:
+            detail["approvals"] = approvals
         decided = self.store.transition(
             request_id,
             (RequestStatus.PENDING,),
@@ -1188,8 +1421,10 @@ class Engine:
         for request in self.store.requests_with_status((RequestStatus.CLOSING,)):
             self._guarded(self._continue_closing, request.id)
         for request in self.store.requests_with_status((RequestStatus.PENDING,)):
-            if request.created_at and request.created_at + self.pending_timeout <= now:
+            if request.created_at and request.created_at + self._pending_timeout(request) <= now:
                 self._guarded(self._expire_pending, request.id)
+            elif self._reminder_due(request, now):
+                self._guarded(self._remind, request.id)
         try:
             self.deliver()
         except Exception:
@@ -1228,6 +1463,32 @@ class Engine:
             closed_at=self.clock(),
         ):
             self.observer.request_event("expired", self._require(request_id))
+            self.deliver(request_id)
+
+    def _pending_timeout(self, request: AccessRequest) -> timedelta:
+        """How long ``request`` may wait for a decision: its policy's ``pending_timeout``,
+        else the deployment's."""
+        policy = self.policies.by_name(request.policy_name)
+        if policy is not None and policy.pending_timeout is not None:
+            return policy.pending_timeout
+        return self.pending_timeout
+
+    def _reminder_due(self, request: AccessRequest, now: datetime) -> bool:
+        policy = self.policies.by_name(request.policy_name)
+        if policy is None or policy.remind_after is None or request.reminded_at is not None:
+            return False
+        return request.created_at is not None and request.created_at + policy.remind_after <= now
+
+    def _remind(self, request_id: int) -> None:
+        """Remind a pending request's approvers, once, in its approval thread."""
+        request = self._require(request_id)
+        policy = self.policies.by_name(request.policy_name)
+        if policy is None or request.created_at is None:
+            return
+        expires_at = request.created_at + self._pending_timeout(request)
+        args = {"approvers": list(policy.approvers), "expires_at": expires_at.isoformat()}
+        if self.store.mark_reminded(request_id, self.clock(), ("request_reminded", args)):
+            log.info("request %s: approvers reminded", request_id)
             self.deliver(request_id)
 
     def _guarded(self, action: Callable[[int], Any], request_id: int | None) -> None:

@@ -91,13 +91,13 @@ def test_create_schema_on_a_database_at_head_changes_nothing(engine: Engine) -> 
     assert rows(engine, "grant", "id", "state") == [(1, "present")]
 
 
-def test_the_last_revision_downgrades_and_upgrades_again_keeping_the_rows(
+def test_the_revisions_after_the_first_downgrade_and_upgrade_again_keeping_the_rows(
     engine: Engine,
 ) -> None:
     create_schema(engine)
     insert_active_grant(engine)
 
-    migrations.downgrade(engine, "-1")
+    migrations.downgrade(engine, migrations.FIRST_RELEASE)
 
     assert migrations.current(engine) == migrations.FIRST_RELEASE
     assert differences(engine, first_release()) == []
@@ -186,3 +186,29 @@ def test_replicas_starting_together_migrate_once(database_url: str) -> None:
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_the_approval_revision_downgrades_and_upgrades_again_keeping_the_requests(
+    engine: Engine,
+) -> None:
+    create_schema(engine)
+    insert_active_grant(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO approval (request_id, approver_id, kind, at)"
+                " VALUES (1, 'U0APPROVR1', 'user', :at)"
+            ).bindparams(sa.bindparam("at", type_=sa.DateTime(timezone=True))),
+            {"at": NOW},
+        )
+
+    migrations.downgrade(engine, "0002")
+
+    assert "approval" not in sa.inspect(engine).get_table_names()
+    assert rows(engine, "access_request", "id", "status") == [(1, "active")]
+
+    migrations.upgrade(engine)
+
+    assert differences(engine) == []
+    assert rows(engine, "access_request", "id", "reminded_at") == [(1, None)]
+    assert rows(engine, "approval", "request_id") == []
