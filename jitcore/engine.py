@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlmodel import col, select
 
 from jitcore.azure.firewall import (
@@ -264,62 +264,86 @@ class Engine:
             )
             if auto_rule is None:
                 session.add(self.store.notification(request.id, "request_submitted", {}))
+            else:
+                session.add(
+                    Approval(
+                        request_id=request.id,
+                        approver_id=f"auto:{auto_rule.name}",
+                        kind="auto",
+                        at=self.clock(),
+                    )
+                )
             session.commit()
             session.refresh(request)
         log.info("request %s submitted by %s for %s", request.id, requester_id, request.vm_name)
         self.observer.request_event("submitted", request)
         if auto_rule is not None:
             assert request.id is not None
-            self._auto_approve(request, auto_rule)
+            self._auto_approve(request.id)
             return self._require(request.id)
         return request
 
-    def _auto_approve(self, request: AccessRequest, rule: AutoApproveRule) -> None:
-        """Approve a just-submitted request by an auto-approval rule, within its daily limit.
+    def _auto_approve(self, request_id: int) -> None:
+        """Approve a pending request by the auto-approval rule counted for it at
+        submission, if that stays within the rule's daily limit.
 
-        The rule's approval is counted first; only if it is within the rule's
-        ``max_per_day`` for this requester (earlier rows first, so racing requests cannot
-        both take the last one) does the request move to approved. Past the limit the
-        approval is taken back and the request goes to the approvers like any other.
+        The rule's approval row was stored with the request. It is within the rule's
+        ``max_per_day`` for this requester when few enough earlier rows of the rule exist
+        (earlier rows first, so racing requests cannot both take the last one); the
+        request then moves to approved. Past the limit (or if the rule is gone from the
+        policy) the row is taken back and the request goes to the approvers like any
+        other. The sweep calls this again for a request left between the two steps.
         """
-        assert request.id is not None
-        actor = f"auto:{rule.name}"
+        request = self._require(request_id)
+        approval = next((a for a in self.store.approvals(request_id) if a.kind == "auto"), None)
+        if request.status != RequestStatus.PENDING or approval is None:
+            return
+        policy = self.policies.by_name(request.policy_name)
+        name = approval.approver_id.removeprefix("auto:")
+        rule = next((r for r in policy.auto_approve if r.name == name), None) if policy else None
         now = self.clock()
-        counted = self.store.add_approval(request.id, actor, "auto", now, required=1)
-        assert counted is not None
-        approval, _count = counted
         used = self.store.auto_approvals_until(
             approval, request.requester_id, request.policy_name, now - AUTO_APPROVAL_WINDOW
         )
-        detail = {"rule": rule.name, "max_per_day": rule.max_per_day}
-        if used > rule.max_per_day:
-            assert approval.id is not None
-            self.store.remove_approval(approval.id)
-            with self.store.session() as session:
-                session.add(self.store.notification(request.id, "request_submitted", {}))
-                session.add(
-                    AuditEvent(
-                        at=now,
-                        request_id=request.id,
-                        actor=actor,
-                        action="auto_approval_limit_reached",
-                        detail=detail,
-                    )
-                )
-                session.commit()
-            log.info("request %s: rule %s reached its daily limit", request.id, rule.name)
+        if rule is None or used > rule.max_per_day:
+            self._send_to_approvers(approval, rule)
             return
-        self.store.transition(
-            request.id,
+        detail = {"rule": rule.name, "max_per_day": rule.max_per_day}
+        if self.store.transition(
+            request_id,
             (RequestStatus.PENDING,),
             RequestStatus.APPROVED,
             notify=("request_auto_approved", {"rule": rule.name}),
-            audit=("auto_approved", actor, detail),
+            audit=("auto_approved", approval.approver_id, detail),
             decided_at=now,
-            decided_by=actor,
-        )
-        log.info("request %s auto-approved by rule %s", request.id, rule.name)
-        self.observer.request_event("approved", self._require(request.id))
+            decided_by=approval.approver_id,
+        ):
+            log.info("request %s auto-approved by rule %s", request_id, rule.name)
+            self.observer.request_event("auto_approved", self._require(request_id))
+
+    def _send_to_approvers(self, approval: Approval, rule: AutoApproveRule | None) -> None:
+        """Take back a rule's approval that may not count, and post the request to the
+        approvers instead: one transaction, so exactly one replica does it."""
+        detail = {"rule": approval.approver_id.removeprefix("auto:")}
+        if rule is not None:
+            detail["max_per_day"] = str(rule.max_per_day)
+        statement = delete(Approval).where(col(Approval.id) == approval.id)
+        with self.store.session() as session:
+            if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                return
+            session.add(self.store.notification(approval.request_id, "request_submitted", {}))
+            session.add(
+                AuditEvent(
+                    at=self.clock(),
+                    request_id=approval.request_id,
+                    actor=approval.approver_id,
+                    action="auto_approval_limit_reached" if rule else "auto_approval_rule_gone",
+                    detail=detail,
+                )
+            )
+            session.commit()
+        log.info("request %s: sent to the approvers (%s)", approval.request_id, detail)
 
     def settle_submitted(self, request_id: int) -> None:
         """After a submission: open it at once if a rule approved it, then tell people."""
@@ -1421,6 +1445,8 @@ class Engine:
         for request in self.store.requests_with_status((RequestStatus.CLOSING,)):
             self._guarded(self._continue_closing, request.id)
         for request in self.store.requests_with_status((RequestStatus.PENDING,)):
+            if self._auto_approval_left(request, now):
+                self._guarded(self._auto_approve, request.id)
             if request.created_at and request.created_at + self._pending_timeout(request) <= now:
                 self._guarded(self._expire_pending, request.id)
             elif self._reminder_due(request, now):
@@ -1464,6 +1490,16 @@ class Engine:
         ):
             self.observer.request_event("expired", self._require(request_id))
             self.deliver(request_id)
+
+    def _auto_approval_left(self, request: AccessRequest, now: datetime) -> bool:
+        """A request whose auto-approval was interrupted (a crash right after it was
+        stored); the submitting worker has had a minute to finish it itself."""
+        policy = self.policies.by_name(request.policy_name)
+        if policy is None or not policy.auto_approve or request.id is None:
+            return False
+        if request.created_at is None or now - request.created_at < timedelta(minutes=1):
+            return False
+        return any(a.kind == "auto" for a in self.store.approvals(request.id))
 
     def _pending_timeout(self, request: AccessRequest) -> timedelta:
         """How long ``request`` may wait for a decision: its policy's ``pending_timeout``,

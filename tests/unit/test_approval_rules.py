@@ -229,6 +229,35 @@ def test_the_daily_limit_of_a_rule_counts_a_rolling_day_per_requester(database_u
         engine.store.engine.dispose()
 
 
+def test_an_auto_approval_interrupted_after_the_request_was_stored_is_finished_by_the_sweep(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, recorder, clock = make_engine_for(database_url, auto_approve=[VPN_RULE])
+    try:
+        monkeypatch.setattr(engine, "_auto_approve", lambda request_id: None)
+        request = engine.submit(
+            "T0001ABCD", REQUESTER, "vm-web01", [22], timedelta(minutes=30), "203.0.113.7"
+        )
+        assert request.id is not None
+        monkeypatch.undo()
+        assert engine._require(request.id).status == RequestStatus.PENDING
+
+        engine.sweep()
+        assert engine._require(request.id).status == RequestStatus.PENDING
+
+        clock.now += timedelta(minutes=2)
+        engine.sweep()
+        engine.sweep()
+
+        finished = engine._require(request.id)
+        assert finished.status == RequestStatus.ACTIVE
+        assert finished.decided_by == "auto:vpn-ssh"
+        assert ("auto_approved", "vpn-ssh") in recorder.events
+        assert ("submitted", request.id) not in recorder.events
+    finally:
+        engine.store.engine.dispose()
+
+
 def test_two_approvals_count_distinct_approvers_and_the_second_opens(database_url: str) -> None:
     engine, recorder, _clock = make_engine_for(database_url, approvals_required=2)
     try:
@@ -384,3 +413,30 @@ def test_partial_approval_says_who_approved_and_how_many_more_are_needed() -> No
         ":hourglass: 1 of 2 approvals: approved by <@U0APPROVR1>, waiting for one more"
     )
     assert blocks[2]["elements"][0]["action_id"] == messages.APPROVE_ACTION
+
+
+# -- the audit channel setting ---------------------------------------------------------------
+
+
+def settings_with(**values: Any) -> Any:
+    from bot.settings import Settings
+
+    return Settings(
+        slack_signing_secret="8f14e45fceea167a5a36dedd4bea2543",
+        slack_bot_token="xoxb-1111-2222-token",
+        azure_subscription_id="00000000-0000-0000-0000-00000000a11c",
+        **values,
+    )  # type: ignore[call-arg]
+
+
+def test_the_audit_channel_setting_takes_a_channel_id_and_names_itself_when_wrong() -> None:
+    from pydantic import ValidationError
+
+    from bot.settings import problems
+
+    assert settings_with(audit_channel="C0AUDIT001").audit_channel == "C0AUDIT001"
+    assert settings_with().audit_channel is None
+    with pytest.raises(ValidationError) as caught:
+        settings_with(audit_channel="#jit-audit")
+    [problem] = problems(caught.value)
+    assert problem.startswith("JITBOT_AUDIT_CHANNEL: a channel id like C0123ABCD")
