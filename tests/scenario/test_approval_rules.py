@@ -493,3 +493,35 @@ def test_of_two_approvers_racing_for_one_approval_the_loser_hears_who_won(
         assert [a.approver_id for a in stack.bot.store.approvals(request_id)] == [active.decided_by]
     finally:
         stack.stop()
+
+
+def test_the_audit_channel_counts_two_approvals_and_names_the_auto_approval_rule(
+    tmp_path: Path,
+) -> None:
+    extra = TWO_APPROVERS + "\n" + AUTO.split("\n", 1)[1]
+    stack = start(tmp_path, extra, settings={"audit_channel": seed.AUDIT_CHANNEL})
+    try:
+        driver = Driver(stack)
+        manual = submitted(driver, "request vm-web01 3389 1h from 203.0.113.7")
+        assert driver.click("jit_approve", manual, user=APPROVER) == 200
+        wait_until(lambda: stack.bot.store.approvals(manual), TIMEOUT, "the first approval")
+        assert driver.click("jit_approve", manual, user=SECOND_APPROVER) == 200
+        driver.wait_status(manual, RequestStatus.ACTIVE, TIMEOUT)
+        auto = submit(driver, "request vm-web01 22 30m from 203.0.113.7")
+        driver.wait_status(auto, RequestStatus.ACTIVE, TIMEOUT)
+
+        def heads() -> list[str]:
+            return [line.split(":", 1)[0] for line in audit_lines(driver)]
+
+        wait_until(lambda: f"#{auto} opened by jitbot" in heads(), TIMEOUT, "the lines")
+        assert [h for h in heads() if h.startswith(f"#{manual} ")] == [
+            f"#{manual} submitted by {REQUESTER}",
+            f"#{manual} approved (1/2) by {APPROVER}",
+            f"#{manual} approved (2/2) by {SECOND_APPROVER}",
+            f"#{manual} opened by jitbot",
+        ]
+        [auto_line] = [line for line in audit_lines(driver) if "auto-approved" in line]
+        assert auto_line.startswith(f"#{auto} auto-approved by auto")
+        assert auto_line.endswith("; rule vpn-ssh")
+    finally:
+        stack.stop()
