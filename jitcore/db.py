@@ -21,12 +21,14 @@ from jitcore.model import (
     AuditEvent,
     Notification,
     PolicyVersion,
+    RequestStatus,
     SeenSignature,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
 
+SYSTEM_ACTOR = "jitbot"
 AUDIT_LINE_EVENT = "audit_line"
 AUDIT_CHANNEL_ACTIONS = frozenset(
     {
@@ -363,7 +365,7 @@ class Store:
         statement = (
             update(AccessRequest)
             .where(col(AccessRequest.id) == request_id)
-            .where(col(AccessRequest.status) == "pending")
+            .where(col(AccessRequest.status) == RequestStatus.PENDING)
             .where(col(AccessRequest.reminded_at).is_(None))
             .values(reminded_at=now)
         )
@@ -376,7 +378,7 @@ class Store:
                 AuditEvent(
                     at=now,
                     request_id=request_id,
-                    actor="jitbot",
+                    actor=SYSTEM_ACTOR,
                     action="reminded",
                     detail=dict(notify[1]),
                 )
