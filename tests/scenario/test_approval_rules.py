@@ -21,6 +21,7 @@ from tests.scenario.harness import (
     wait_until,
     write_policy,
 )
+from tests.scenario.test_chat_requests import buttons, open_home
 
 TIMEOUT = 30.0
 
@@ -523,5 +524,28 @@ def test_the_audit_channel_counts_two_approvals_and_names_the_auto_approval_rule
         [auto_line] = [line for line in audit_lines(driver) if "auto-approved" in line]
         assert auto_line.startswith(f"#{auto} auto-approved by auto")
         assert auto_line.endswith("; rule vpn-ssh")
+    finally:
+        stack.stop()
+
+
+# -- App Home ------------------------------------------------------------------------------------
+
+
+def test_the_home_tab_of_a_group_approver_lists_what_waits_and_drops_what_they_approved(
+    tmp_path: Path,
+) -> None:
+    stack = start(tmp_path, f"    approvers: [{seed.APPROVERS_GROUP}]\n    approvals_required: 2")
+    try:
+        driver = Driver(stack)
+        request_id = submitted(driver)
+        waiting = [("jit_approve", str(request_id)), ("jit_deny", str(request_id))]
+        assert buttons(open_home(driver, APPROVER)) == waiting
+
+        assert driver.click("jit_approve", request_id, user=APPROVER) == 200
+        wait_until(lambda: stack.bot.store.approvals(request_id), TIMEOUT, "the approval")
+
+        assert buttons(open_home(driver, APPROVER)) == []
+        assert buttons(open_home(driver, SECOND_APPROVER)) == waiting
+        assert buttons(open_home(driver, OUTSIDER)) == []
     finally:
         stack.stop()
