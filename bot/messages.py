@@ -595,7 +595,7 @@ def _policy_lines(policy: Any | None, vm: str, port: int | None, requester_id: s
         )
     else:
         lines.append("• Nobody but you is an approver, and nobody approves their own request.")
-    return lines
+    return lines + approval_rule_lines(policy)
 
 
 def mapped_text(user_id: str, upn: str, object_id: str) -> str:
@@ -1038,3 +1038,20 @@ def _audit_extra(action: str, detail: dict[str, Any]) -> str:
     if action in ("opened", "extended") and detail.get("ends_at"):
         return f"until {escape(str(detail['ends_at']))}"
     return ""
+
+
+def approval_rule_lines(policy: Any) -> list[str]:
+    """For ``/jit why``: how many approvals a request needs, and which requests a rule
+    approves without waiting."""
+    lines = []
+    if policy.approvals_required == 2:
+        lines.append("• Two different approvers must approve, neither of them the requester.")
+    for rule in policy.auto_approve:
+        ports = ", ".join(str(p) for p in rule.ports) or "any"
+        sources = ", ".join(f"`{escape(s)}`" for s in rule.sources) or "any allowed source"
+        longest = f", up to {format_duration(rule.max_duration)}" if rule.max_duration else ""
+        lines.append(
+            f"• Rule `{escape(rule.name)}` approves at once: port {ports} from {sources}"
+            f"{longest}, at most {rule.max_per_day} a day per requester."
+        )
+    return lines

@@ -440,3 +440,13 @@ def test_the_audit_channel_setting_takes_a_channel_id_and_names_itself_when_wron
         settings_with(audit_channel="#jit-audit")
     [problem] = problems(caught.value)
     assert problem.startswith("JITBOT_AUDIT_CHANNEL: a channel id like C0123ABCD")
+
+
+def test_why_says_how_many_approvals_are_needed_and_what_rules_approve_at_once() -> None:
+    lines = messages.approval_rule_lines(policy(approvals_required=2, auto_approve=[VPN_RULE]))
+    assert lines == [
+        "• Two different approvers must approve, neither of them the requester.",
+        "• Rule `vpn-ssh` approves at once: port 22 from `203.0.113.0/24`, up to 1h, at most "
+        "2 a day per requester.",
+    ]
+    assert messages.approval_rule_lines(policy()) == []
