@@ -188,9 +188,21 @@ def slack_client(settings: Settings) -> WebClient:
     return client
 
 
+def slack_group_members(client: WebClient) -> Callable[[str], list[str]]:
+    """Reads an approver user group's members with usergroups.users.list (scope
+    usergroups:read), each time it is asked: membership is never cached or taken from a
+    click."""
+
+    def members(group_id: str) -> list[str]:
+        response = client.usergroups_users_list(usergroup=group_id)
+        return [str(user) for user in response.get("users") or []]
+
+    return members
+
+
 def build(settings: Settings) -> JitBot:
     """Wire every part from settings. Nothing talks to Slack or Azure until started."""
-    store = Store(make_engine(settings.database_url))
+    store = Store(make_engine(settings.database_url), audit_feed=settings.audit_channel is not None)
     create_schema(store.engine)
     policies = load_policy_file(settings.policy_file)
     versions = store.save_policy_versions({p.name: p.body() for p in policies}, origin="file")
@@ -204,7 +216,9 @@ def build(settings: Settings) -> JitBot:
         DefenderGateway(target) if any(p.enforcement == "defender" for p in policies) else None
     )
     cloud_ranges = load_cloud_ranges([Path(p) for p in split_list(settings.cloud_ranges)])
-    notifier = SlackNotifier(client, SourceFlagger(cloud_ranges))
+    notifier = SlackNotifier(
+        client, SourceFlagger(cloud_ranges), audit_channel=settings.audit_channel
+    )
     engine = Engine(
         store=store,
         policies=PolicySet(policies, versions),
@@ -214,6 +228,7 @@ def build(settings: Settings) -> JitBot:
         lease_seconds=settings.lease_seconds,
         firewalls=firewalls,
         defender=defender,
+        group_members=slack_group_members(client),
     )
     metrics.watch_engine(engine, network)
 

@@ -40,13 +40,16 @@ def publish_home(engine: Engine, gate: AccessGate, client: WebClient, user_id: s
 
 
 def approves_anything(engine: Engine, user_id: str) -> bool:
-    return any(user_id in policy.approvers for policy in engine.policies.policies)
+    return engine.approves_anything(user_id)
 
 
 def awaiting(engine: Engine, user_id: str) -> list[AccessRequest]:
-    """Pending requests ``user_id`` may decide: an approver of their policy, not theirs."""
+    """Pending requests ``user_id`` may decide: an approver of their policy, not theirs,
+    and not already approved by them (a request needing two approvals)."""
     return [
         request
         for request in engine.store.requests_with_status((RequestStatus.PENDING,))
-        if request.requester_id != user_id and user_id in engine.approvers_of(request)
+        if request.requester_id != user_id
+        and user_id in engine.approvers_of(request)
+        and (request.id is None or user_id not in engine.approvers_who_approved(request.id))
     ]

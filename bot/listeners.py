@@ -42,7 +42,7 @@ from bot.gate import GATED, AccessGate, GateRefusal
 from bot.home import OPEN_STATUSES, publish_home
 from bot.protection import ProtectionDesk
 from bot.requesting import Draft, RequestDesk
-from jitcore.engine import EXTEND_BUTTON_STEP, Engine, ExtensionTooLong
+from jitcore.engine import EXTEND_BUTTON_STEP, AlreadyCounted, Engine, ExtensionTooLong
 from jitcore.errors import JitError, NotAuthorized, StateConflict
 from jitcore.model import AccessRequest, RequestStatus
 
@@ -210,7 +210,9 @@ def _run_command(
         )
     except JitError as exc:
         return messages.error_text(exc.message)
-    background.submit(_logged, engine.deliver, request.id)
+    background.submit(_logged, engine.settle_submitted, request.id)
+    if request.status == RequestStatus.APPROVED:
+        return messages.auto_approved_ack(request)
     return messages.submitted_ack(request)
 
 
@@ -368,6 +370,8 @@ def _settle(
         return True
     except GateRefusal as exc:
         _tell(client, channel, user_id, exc.text)
+    except AlreadyCounted:
+        _tell(client, channel, user_id, messages.already_counted(request_id))
     except StateConflict as exc:
         _tell(
             client,

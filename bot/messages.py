@@ -598,7 +598,7 @@ def _policy_lines(policy: Any | None, vm: str, port: int | None, requester_id: s
     if port is not None:
         allowed = policy.port_rule(port) is not None
         lines.append(f"• Port {port} is {'' if allowed else 'not '}in that policy.")
-    approvers = [mention(a) for a in policy.approvers if a != requester_id]
+    approvers = [approver_mention(a) for a in policy.approvers if a != requester_id]
     if approvers:
         lines.append(
             "• Approvers: " + ", ".join(approvers) + " (each must also hold the request actions "
@@ -606,7 +606,7 @@ def _policy_lines(policy: Any | None, vm: str, port: int | None, requester_id: s
         )
     else:
         lines.append("• Nobody but you is an approver, and nobody approves their own request.")
-    return lines
+    return lines + approval_rule_lines(policy)
 
 
 def mapped_text(user_id: str, upn: str, object_id: str) -> str:
@@ -1320,3 +1320,178 @@ def source_flags_block(request: AccessRequest, flags: list[Any]) -> dict[str, An
             }
         ],
     }
+
+
+# -- Approval rules: two approvers, auto-approval, reminders, the audit channel -------------
+
+
+def approver_mention(approver: str) -> str:
+    """A policy's approver entry as a mention: a user (U…, W…) or a user group (S…)."""
+    if approver.isalnum() and approver.startswith("S"):
+        return f"<!subteam^{approver}>"
+    return mention(approver)
+
+
+def partly_approved_line(approved_by: list[str], required: int) -> str:
+    names = ", ".join(mention(a) for a in approved_by) or "nobody yet"
+    missing = required - len(approved_by)
+    more = "one more" if missing == 1 else f"{missing} more"
+    return (
+        f":hourglass: {len(approved_by)} of {required} approvals: approved by {names}, "
+        f"waiting for {more}"
+    )
+
+
+def partly_approved_blocks(
+    request: AccessRequest, approved_by: list[str], required: int
+) -> list[dict[str, Any]]:
+    """The approval message once some, not all, approvals are in: who approved so far,
+    and the buttons for the others."""
+    blocks = approval_blocks(request)
+    if request.status != RequestStatus.PENDING:
+        return blocks
+    progress = _context(partly_approved_line(approved_by, required))
+    progress["block_id"] = f"jit-req-{request.id}-progress"
+    return [*blocks[:-1], progress, blocks[-1]]
+
+
+def already_counted(request_id: int) -> str:
+    """The answer to an approver clicking Approve again while a second approver is awaited."""
+    return (
+        f"Your approval of request #{request_id} is already counted; it needs another "
+        "approver. Nothing changed."
+    )
+
+
+def _rule_of(request: AccessRequest) -> str:
+    return (request.decided_by or "").removeprefix("auto:")
+
+
+def auto_approved_ack(request: AccessRequest) -> str:
+    return (
+        f"Request #{request.id} for port {request.ports} on *{escape(request.vm_name)}* "
+        f"({format_duration(timedelta(seconds=request.duration_seconds))}) was approved by "
+        f"the policy's rule `{escape(_rule_of(request))}`; access opens in a moment. The "
+        f"approvers in <#{request.approval_channel}> can review it."
+    )
+
+
+def review_fallback(request: AccessRequest) -> str:
+    return (
+        f"JIT access request #{request.id} auto-approved by rule {escape(_rule_of(request))}: "
+        f"port {request.ports} on {escape(request.vm_name)} from {escape(request.source_prefix)}"
+    )
+
+
+def review_blocks(request: AccessRequest) -> list[dict[str, Any]]:
+    """The after-the-fact review post of an auto-approved request: which rule approved it,
+    its status, and End now for approvers while access is open."""
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "section",
+            "block_id": f"jit-req-{request.id}-summary",
+            "text": {
+                "type": "mrkdwn",
+                "text": (
+                    f"*JIT access request* `#{request.id}` (policy "
+                    f"`{escape(request.policy_name)}`) was *auto-approved* by rule "
+                    f"`{escape(_rule_of(request))}`, for review"
+                ),
+            },
+            "fields": _summary_fields(request),
+        },
+        {
+            "type": "context",
+            "block_id": f"jit-req-{request.id}-status",
+            "elements": [{"type": "mrkdwn", "text": status_line(request)}],
+        },
+    ]
+    if request.status in (RequestStatus.APPROVED, RequestStatus.OPENING, RequestStatus.ACTIVE):
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": f"jit-req-{request.id}-review",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": END_NOW_ACTION,
+                        "text": {"type": "plain_text", "text": "End now"},
+                        "style": "danger",
+                        "value": str(request.id),
+                    }
+                ],
+            }
+        )
+    return blocks
+
+
+def reminder_text(request: AccessRequest, approvers: list[str], expires_at: datetime) -> str:
+    """The one reminder in a pending request's thread, mentioning its approvers."""
+    who = ", ".join(approver_mention(a) for a in approvers if a != request.requester_id)
+    return (
+        f":bell: {who}: request #{request.id} of {mention(request.requester_id)} for port "
+        f"{request.ports} on *{escape(request.vm_name)}* is still waiting for a decision. "
+        f"It expires {when(expires_at)} if nobody approves it."
+    )
+
+
+_AUDIT_WORDS = {
+    "requested": "submitted",
+    "approval_recorded": "approved",
+    "approved": "approved",
+    "auto_approved": "auto-approved",
+    "denied": "denied",
+    "opened": "opened",
+    "extended": "extended",
+    "expiry_warned": "expiring",
+    "closed": "closed",
+    "failed": "failed",
+    "reminded": "reminded",
+    "expired_unapproved": "expired pending",
+}
+
+
+def audit_line(request: AccessRequest, action: str, actor: str, detail: dict[str, Any]) -> str:
+    """One line for the audit channel: the event, who, and what it concerns; every
+    user-supplied part escaped, and nobody mentioned (no pings from the audit feed)."""
+    word = _AUDIT_WORDS.get(action, action)
+    if detail.get("approvals"):
+        word += f" ({detail['approvals']})"
+    if action == "closed" and detail.get("reason"):
+        word += f" ({detail['reason']})"
+    text = (
+        f"#{request.id} {escape(word)} by {escape(actor)}: {escape(request.vm_name)} port "
+        f"{request.ports}/{request.protocol} from {escape(request.source_prefix)} for "
+        f"{escape(request.requester_id)}"
+    )
+    extra = _audit_extra(action, detail)
+    return text + (f"; {extra}" if extra else "")
+
+
+def _audit_extra(action: str, detail: dict[str, Any]) -> str:
+    if action == "auto_approved":
+        return f"rule {escape(str(detail.get('rule', '')))}"
+    if action == "denied" and detail.get("note"):
+        return f"reason: {escape(_clip(str(detail['note']), 200))}"
+    if action == "failed" and detail.get("reason"):
+        return f"reason: {escape(_clip(str(detail['reason']), 200))}"
+    if action in ("opened", "extended") and detail.get("ends_at"):
+        return f"until {escape(str(detail['ends_at']))}"
+    return ""
+
+
+def approval_rule_lines(policy: Any) -> list[str]:
+    """For ``/jit why``: how many approvals a request needs, and which requests a rule
+    approves without waiting."""
+    lines = []
+    if policy.approvals_required == 2:
+        lines.append("• Two different approvers must approve, neither of them the requester.")
+    for rule in policy.auto_approve:
+        ports = ", ".join(str(p) for p in rule.ports) or "any"
+        sources = ", ".join(f"`{escape(s)}`" for s in rule.sources) or "any allowed source"
+        longest = f", up to {format_duration(rule.max_duration)}" if rule.max_duration else ""
+        lines.append(
+            f"• Rule `{escape(rule.name)}` approves at once: port {ports} from {sources}"
+            f"{longest}, at most {rule.max_per_day} a day per requester."
+        )
+    return lines

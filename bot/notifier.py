@@ -25,9 +25,15 @@ log = logging.getLogger(__name__)
 
 
 class SlackNotifier:
-    def __init__(self, client: WebClient, flagger: SourceFlagger | None = None) -> None:
+    def __init__(
+        self,
+        client: WebClient,
+        flagger: SourceFlagger | None = None,
+        audit_channel: str | None = None,
+    ) -> None:
         self.client = client
         self.flagger = flagger or SourceFlagger()
+        self.audit_channel = audit_channel
 
     def request_submitted(self, request: AccessRequest) -> Posted | None:
         assert request.approval_channel is not None
@@ -112,17 +118,79 @@ class SlackNotifier:
     def _update_approval_message(self, request: AccessRequest) -> None:
         if not (request.approval_channel and request.approval_ts):
             return
+        if (request.decided_by or "").startswith("auto:"):
+            text, blocks = messages.review_fallback(request), messages.review_blocks(request)
+        else:
+            text, blocks = messages.request_fallback(request), messages.approval_blocks(request)
+        blocks = self._flagged(request, blocks)
+        self.client.chat_update(
+            channel=request.approval_channel, ts=request.approval_ts, text=text, blocks=blocks
+        )
+
+    # -- approval rules and the audit channel ---------------------------------------------
+
+    def request_partly_approved(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        """Show everyone who approved so far; raised on failure, so the outbox retries it
+        (the update is the whole of this notice)."""
+        if not (request.approval_channel and request.approval_ts):
+            return
+        approved_by = [str(a) for a in args.get("approved_by", [])]
+        required = int(args.get("required", 2))
         self.client.chat_update(
             channel=request.approval_channel,
             ts=request.approval_ts,
             text=messages.request_fallback(request),
-            blocks=self._approval_blocks(request),
+            blocks=self._flagged(
+                request, messages.partly_approved_blocks(request, approved_by, required)
+            ),
+        )
+
+    def request_auto_approved(self, request: AccessRequest, rule: str) -> Posted | None:
+        """Post the auto-approved request to the approval channel for review."""
+        assert request.approval_channel is not None
+        response = self.client.chat_postMessage(
+            channel=request.approval_channel,
+            text=messages.review_fallback(request),
+            blocks=self._flagged(request, messages.review_blocks(request)),
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+        return Posted(channel=response["channel"], ts=response["ts"])
+
+    def request_reminded(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        """The reminder, in the approval thread (or the channel if the message is gone)."""
+        if request.status != RequestStatus.PENDING or not request.approval_channel:
+            return
+        expires_at = datetime.fromisoformat(str(args["expires_at"]))
+        approvers = [str(a) for a in args.get("approvers", [])]
+        self.client.chat_postMessage(
+            channel=request.approval_channel,
+            thread_ts=request.approval_ts,
+            text=messages.reminder_text(request, approvers, expires_at),
+            unfurl_links=False,
+        )
+
+    def audit_line(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        if not self.audit_channel:
+            return
+        text = messages.audit_line(
+            request,
+            str(args.get("action", "")),
+            str(args.get("actor", "")),
+            dict(args.get("detail") or {}),
+        )
+        self.client.chat_postMessage(
+            channel=self.audit_channel, text=text, unfurl_links=False, unfurl_media=False
         )
 
     def _approval_blocks(self, request: AccessRequest) -> list[dict[str, Any]]:
-        """The approval message, with a warning when the source is private, shared
+        return self._flagged(request, messages.approval_blocks(request))
+
+    def _flagged(
+        self, request: AccessRequest, blocks: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """``blocks`` with a warning after the summary when the source is private, shared
         (CGNAT) or a cloud provider's address."""
-        blocks = messages.approval_blocks(request)
         flags = self.flagger.flags(request.source_prefix)
         if flags:
             blocks.insert(1, messages.source_flags_block(request, flags))

@@ -8,6 +8,7 @@ never print by accident, and :func:`problems` never echoes a secret or the datab
 from __future__ import annotations
 
 import ipaddress
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from sqlalchemy.exc import ArgumentError
 ENV_PREFIX = "JITBOT_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DATABASE_BACKENDS = ("sqlite", "postgresql")
+_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,30}")
 
 
 class DatabaseSettings(BaseSettings):
@@ -104,6 +106,10 @@ class Settings(DatabaseSettings):
         description="comma-separated paths of Azure Service Tags, AWS ip-ranges.json or "
         "Google cloud.json files; sources inside them are flagged to approvers",
     )
+    audit_channel: str | None = Field(
+        default=None,
+        description="channel id (C… or G…) that gets one line per request lifecycle event",
+    )
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     metrics_token: SecretStr | None = None
@@ -174,6 +180,15 @@ class Settings(DatabaseSettings):
         if missing:
             raise ValueError(f"no such file: {', '.join(missing)}")
         return value
+
+    @field_validator("audit_channel")
+    @classmethod
+    def _audit_channel(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not _CHANNEL_ID.fullmatch(value.strip()):
+            raise ValueError("a channel id like C0123ABCD (channel details, at the bottom)")
+        return value.strip()
 
     @field_validator("log_level")
     @classmethod

@@ -10,21 +10,43 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, event, or_, update
+from sqlalchemy import delete, event, func, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, create_engine, select
 
 from jitcore.model import (
     AccessRequest,
+    Approval,
     AuditEvent,
     Notification,
     PolicyVersion,
+    RequestStatus,
     SeenSignature,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
+
+SYSTEM_ACTOR = "jitbot"
+AUDIT_LINE_EVENT = "audit_line"
+AUDIT_CHANNEL_ACTIONS = frozenset(
+    {
+        "requested",
+        "approval_recorded",
+        "approved",
+        "auto_approved",
+        "denied",
+        "opened",
+        "extended",
+        "expiry_warned",
+        "closed",
+        "failed",
+        "reminded",
+        "expired_unapproved",
+    }
+)
+"""Audit actions that are lifecycle events of a request, told to the audit channel."""
 
 
 def make_engine(url: str) -> Engine:
@@ -75,12 +97,17 @@ def create_schema(engine: Engine) -> None:
 class Store:
     """Short transactions over the database; each method opens and commits its own."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, audit_feed: bool = False) -> None:
         self.engine = engine
+        self.audit_feed = audit_feed
+        """Queue an audit-channel line with every lifecycle audit record (see
+        :func:`_queue_audit_lines`)."""
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session:
+            if self.audit_feed:
+                event.listen(session, "before_flush", _queue_audit_lines)
             yield session
 
     def get_request(self, request_id: int) -> AccessRequest | None:
@@ -253,6 +280,112 @@ class Store:
                 query = query.where(AuditEvent.request_id == request_id)
             return list(session.exec(query))
 
+    # -- approvals -----------------------------------------------------------------------
+
+    def add_approval(
+        self,
+        request_id: int,
+        approver_id: str,
+        kind: str,
+        now: datetime,
+        required: int,
+        partial: tuple[str, dict[str, Any]] | None = None,
+    ) -> tuple[Approval, int] | None:
+        """Count one approval; None if this approver was already counted for the request.
+
+        Returns the row and how many approvals the request has, as seen inside the
+        transaction. When that is still below ``required``, ``partial`` (a notification
+        event and its arguments) is queued with an ``approval_recorded`` audit record in
+        the same transaction, so the approval is never stored without the news of it.
+        """
+        with self.session() as session:
+            approval = Approval(request_id=request_id, approver_id=approver_id, kind=kind, at=now)
+            session.add(approval)
+            try:
+                session.flush()
+            except IntegrityError:
+                session.rollback()
+                return None
+            count = self._approval_count(session, request_id)
+            if count < required and partial is not None:
+                event_name, args = partial
+                session.add(self.notification(request_id, event_name, args))
+                session.add(
+                    AuditEvent(
+                        at=now,
+                        request_id=request_id,
+                        actor=approver_id,
+                        action="approval_recorded",
+                        detail={"approvals": f"{count}/{required}"},
+                    )
+                )
+            session.commit()
+            return approval, count
+
+    @staticmethod
+    def _approval_count(session: Session, request_id: int) -> int:
+        query = select(func.count()).select_from(Approval).where(Approval.request_id == request_id)
+        return int(session.exec(query).one())
+
+    def approvals(self, request_id: int) -> list[Approval]:
+        with self.session() as session:
+            query = select(Approval).where(Approval.request_id == request_id)
+            return list(session.exec(query.order_by(col(Approval.id))))
+
+    def remove_approval(self, approval_id: int) -> None:
+        """Take back an approval that did not take effect (the request moved on)."""
+        with self.session() as session:
+            session.execute(delete(Approval).where(col(Approval.id) == approval_id))
+            session.commit()
+
+    def auto_approvals_until(
+        self, approval: Approval, requester_id: str, policy_name: str, since: datetime
+    ) -> int:
+        """How many approvals by ``approval``'s rule the requester got since ``since``,
+        counting only rows up to this one: of racing requests, the earlier rows win."""
+        query = (
+            select(func.count())
+            .select_from(Approval)
+            .join(AccessRequest, col(AccessRequest.id) == col(Approval.request_id))
+            .where(Approval.approver_id == approval.approver_id)
+            .where(Approval.kind == "auto")
+            .where(AccessRequest.requester_id == requester_id)
+            .where(AccessRequest.policy_name == policy_name)
+            .where(col(Approval.at) >= since)
+            .where(col(Approval.id) <= approval.id)
+        )
+        with self.session() as session:
+            return int(session.exec(query).one())
+
+    def mark_reminded(
+        self, request_id: int, now: datetime, notify: tuple[str, dict[str, Any]]
+    ) -> bool:
+        """Record that a pending request's approvers were reminded, once: a compare-and-set
+        on ``reminded_at``, with the notice and the audit record in the same transaction."""
+        statement = (
+            update(AccessRequest)
+            .where(col(AccessRequest.id) == request_id)
+            .where(col(AccessRequest.status) == RequestStatus.PENDING)
+            .where(col(AccessRequest.reminded_at).is_(None))
+            .values(reminded_at=now)
+        )
+        with self.session() as session:
+            if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                return False
+            session.add(self.notification(request_id, *notify))
+            session.add(
+                AuditEvent(
+                    at=now,
+                    request_id=request_id,
+                    actor=SYSTEM_ACTOR,
+                    action="reminded",
+                    detail=dict(notify[1]),
+                )
+            )
+            session.commit()
+            return True
+
     def requests_with_status(
         self, statuses: tuple[str, ...], ends_before: datetime | None = None
     ) -> list[AccessRequest]:
@@ -286,3 +419,19 @@ class Store:
                 versions[name] = version
             session.commit()
         return versions
+
+
+def _queue_audit_lines(session: Session, _context: Any, _instances: Any) -> None:
+    """Queue an audit-channel line for each new lifecycle audit record being flushed.
+
+    It runs inside the flush, so the line is stored in the same transaction as the
+    record (and the state change it belongs to), and is delivered through the
+    notification outbox like every other message: retried when Slack fails.
+    """
+    for item in list(session.new):
+        if not isinstance(item, AuditEvent) or item.request_id is None:
+            continue
+        if item.action not in AUDIT_CHANNEL_ACTIONS:
+            continue
+        args = {"action": item.action, "actor": item.actor, "detail": dict(item.detail or {})}
+        session.add(Store.notification(item.request_id, AUDIT_LINE_EVENT, args))

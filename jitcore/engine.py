@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlmodel import col, select
 
 from jitcore.azure.firewall import (
@@ -38,7 +38,7 @@ from jitcore.azure.firewall import (
     policy_managed_message,
 )
 from jitcore.azure.inventory import VmNetwork
-from jitcore.db import Store
+from jitcore.db import AUDIT_LINE_EVENT, Store
 from jitcore.defender_access import GRANT_KIND as DEFENDER_GRANT
 from jitcore.defender_access import DefenderAccess, DefenderCloud, is_defender
 from jitcore.durations import format_duration
@@ -52,6 +52,7 @@ from jitcore.errors import (
 )
 from jitcore.model import (
     AccessRequest,
+    Approval,
     AuditEvent,
     Grant,
     GrantState,
@@ -70,7 +71,14 @@ from jitcore.planner import (
     plan_allow,
     rule_description,
 )
-from jitcore.policy import CheckedRequest, Policy, check_request, find_policy
+from jitcore.policy import (
+    AutoApproveRule,
+    CheckedRequest,
+    Policy,
+    check_request,
+    find_policy,
+    is_user_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +95,38 @@ EXTEND_LEASE_WAIT = 0.2
 EXTEND_BUTTON_STEP = timedelta(minutes=30)
 """How much later the Extend button of an expiry warning moves the end (capped)."""
 NOTICES_WITH_ARGS = frozenset(
-    {"request_extended", "request_expiring", "defender_closed", "defender_end_pending"}
+    {
+        "request_extended",
+        "request_expiring",
+        "defender_closed",
+        "defender_end_pending",
+        "request_partly_approved",
+        "request_reminded",
+        AUDIT_LINE_EVENT,
+    }
 )
 """Notices whose notifier method takes the notice's arguments besides the request."""
+
+
+AUTO_APPROVAL_WINDOW = timedelta(days=1)
+"""The rolling window of an auto-approval rule's ``max_per_day``."""
+
+
+class AlreadyCounted(StateConflict):
+    """The approver's approval of a still-pending request was counted before; the
+    request waits for another approver."""
+
+    def __init__(self, request_id: int) -> None:
+        super().__init__(
+            f"your approval of request #{request_id} is already counted; it needs another approver",
+            RequestStatus.PENDING,
+        )
+        self.request_id = request_id
+
+
+class ApproversUnavailable(NotAuthorized):
+    """The members of an approver user group could not be read, so nobody can be
+    authorized through it right now."""
 
 
 class ExtensionTooLong(RequestRejected):
@@ -162,6 +199,7 @@ class Engine:
         firewalls: FirewallGateway | None = None,
         max_pending_per_requester: int = 5,
         defender: DefenderCloud | None = None,
+        group_members: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.store = store
         self.policies = policies
@@ -174,6 +212,8 @@ class Engine:
         self.firewalls = firewalls
         self.max_pending_per_requester = max_pending_per_requester
         self.defender = DefenderAccess(self, defender) if defender is not None else None
+        self.group_members = group_members
+        """Reads a Slack user group's members (user ids); asked at every decision."""
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._busy: set[int] = set()
         self._busy_guard = threading.Lock()
@@ -278,8 +318,9 @@ class Engine:
             )
             for checked in checked_all
         ]
+        auto_rules = [checked.policy.auto_rule_for(checked) for checked in checked_all]
         with self.store.session() as session:
-            for request in requests:
+            for request, auto_rule in zip(requests, auto_rules, strict=True):
                 session.add(request)
                 session.flush()
                 assert request.id is not None
@@ -302,14 +343,31 @@ class Engine:
                         detail=detail,
                     )
                 )
-                session.add(self.store.notification(request.id, "request_submitted", {}))
+                if auto_rule is None:
+                    session.add(self.store.notification(request.id, "request_submitted", {}))
+                else:
+                    session.add(
+                        Approval(
+                            request_id=request.id,
+                            approver_id=f"auto:{auto_rule.name}",
+                            kind="auto",
+                            at=self.clock(),
+                        )
+                    )
             session.commit()
             for request in requests:
                 session.refresh(request)
         for request in requests:
             log.info("request %s submitted by %s for %s", request.id, requester_id, request.vm_name)
             self.observer.request_event("submitted", request)
-        return requests
+        settled: list[AccessRequest] = []
+        for request, auto_rule in zip(requests, auto_rules, strict=True):
+            assert request.id is not None
+            if auto_rule is not None:
+                self._auto_approve(request.id)
+                request = self._require(request.id)
+            settled.append(request)
+        return settled
 
     def _check_each(
         self, vms: list[str], ports: list[int], duration: timedelta, source: str
@@ -333,6 +391,75 @@ class Engine:
             raise RequestRejected("the same VM is named twice; name each VM once")
         return checked
 
+    def _auto_approve(self, request_id: int) -> None:
+        """Approve a pending request by the auto-approval rule counted for it at
+        submission, if that stays within the rule's daily limit.
+
+        The rule's approval row was stored with the request. It is within the rule's
+        ``max_per_day`` for this requester when few enough earlier rows of the rule exist
+        (earlier rows first, so racing requests cannot both take the last one); the
+        request then moves to approved. Past the limit (or if the rule is gone from the
+        policy) the row is taken back and the request goes to the approvers like any
+        other. The sweep calls this again for a request left between the two steps.
+        """
+        request = self._require(request_id)
+        approval = next((a for a in self.store.approvals(request_id) if a.kind == "auto"), None)
+        if request.status != RequestStatus.PENDING or approval is None:
+            return
+        policy = self.policies.by_name(request.policy_name)
+        name = approval.approver_id.removeprefix("auto:")
+        rule = next((r for r in policy.auto_approve if r.name == name), None) if policy else None
+        now = self.clock()
+        used = self.store.auto_approvals_until(
+            approval, request.requester_id, request.policy_name, now - AUTO_APPROVAL_WINDOW
+        )
+        if rule is None or used > rule.max_per_day:
+            self._send_to_approvers(approval, rule)
+            return
+        detail = {"rule": rule.name, "max_per_day": rule.max_per_day}
+        if self.store.transition(
+            request_id,
+            (RequestStatus.PENDING,),
+            RequestStatus.APPROVED,
+            notify=("request_auto_approved", {"rule": rule.name}),
+            audit=("auto_approved", approval.approver_id, detail),
+            decided_at=now,
+            decided_by=approval.approver_id,
+        ):
+            log.info("request %s auto-approved by rule %s", request_id, rule.name)
+            self.observer.request_event("auto_approved", self._require(request_id))
+
+    def _send_to_approvers(self, approval: Approval, rule: AutoApproveRule | None) -> None:
+        """Take back a rule's approval that may not count, and post the request to the
+        approvers instead: one transaction, so exactly one replica does it."""
+        detail = {"rule": approval.approver_id.removeprefix("auto:")}
+        if rule is not None:
+            detail["max_per_day"] = str(rule.max_per_day)
+        statement = delete(Approval).where(col(Approval.id) == approval.id)
+        with self.store.session() as session:
+            if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                return
+            session.add(self.store.notification(approval.request_id, "request_submitted", {}))
+            session.add(
+                AuditEvent(
+                    at=self.clock(),
+                    request_id=approval.request_id,
+                    actor=approval.approver_id,
+                    action="auto_approval_limit_reached" if rule else "auto_approval_rule_gone",
+                    detail=detail,
+                )
+            )
+            session.commit()
+        log.info("request %s: sent to the approvers (%s)", approval.request_id, detail)
+
+    def settle_submitted(self, request_id: int) -> None:
+        """After a submission: open it at once if a rule approved it, then tell people."""
+        request = self._require(request_id)
+        if request.status == RequestStatus.APPROVED:
+            self.open(request_id)
+        self.deliver(request_id)
+
     def deliver(self, request_id: int | None = None) -> None:
         """Deliver queued notifications (of one request, or all), oldest first.
 
@@ -341,20 +468,23 @@ class Engine:
         so people read events in the order they happened. Delivery is at least once: a
         crash between sending and recording the send repeats that one message.
         """
-        stuck: set[int] = set()
+        stuck: set[tuple[int, bool]] = set()
         for note in self.store.pending_notifications(request_id):
-            if note.request_id in stuck:
+            # Audit-channel lines keep their own order, so a broken audit channel never
+            # holds back what requesters and approvers are told, nor the other way round.
+            lane = (note.request_id, note.event == AUDIT_LINE_EVENT)
+            if lane in stuck:
                 continue
             now = self.clock()
             claim_until = now + timedelta(seconds=min(NOTIFY_CLAIM_SECONDS, self.lease_seconds))
             assert note.id is not None
             if not self.store.claim_notification(note.id, self.worker_id, now, claim_until):
-                stuck.add(note.request_id)
+                stuck.add(lane)
                 continue
             try:
                 self._send(note)
             except Exception as exc:
-                stuck.add(note.request_id)
+                stuck.add(lane)
                 give_up = note.attempts + 1 >= MAX_NOTIFY_ATTEMPTS
                 self.store.finish_notification(
                     note.id, self.clock(), error=type(exc).__name__, give_up=give_up
@@ -379,8 +509,11 @@ class Engine:
 
     def _send(self, note: Notification) -> None:
         request = self._require(note.request_id)
-        if note.event == "request_submitted":
-            posted = self.notifier.request_submitted(request)
+        if note.event in ("request_submitted", "request_auto_approved"):
+            if note.event == "request_submitted":
+                posted = self.notifier.request_submitted(request)
+            else:
+                posted = self.notifier.request_auto_approved(request, str(note.args["rule"]))
             if posted is not None:
                 self.store.update_request(
                     request.id, approval_channel=posted.channel, approval_ts=posted.ts
@@ -391,30 +524,149 @@ class Engine:
             self.notifier.request_failed(request, str(note.args.get("reason", "")))
         elif note.event == "request_closed":
             self.notifier.request_closed(request, RestoreReport.from_json(note.args))
+        elif note.event == "request_partly_approved":
+            args = {**note.args, "approved_by": self.approvers_who_approved(request.id)}
+            self.notifier.request_partly_approved(request, args)
         elif note.event in NOTICES_WITH_ARGS:
             getattr(self.notifier, note.event)(request, dict(note.args))
         else:
             getattr(self.notifier, note.event)(request)
 
-    def approvers_of(self, request: AccessRequest) -> list[str]:
+    def approvers_of(self, request: AccessRequest, strict: bool = False) -> list[str]:
+        """The user ids who approve ``request``: the policy's users and the current members
+        of its user groups, read from Slack now (never from a click).
+
+        A group whose members cannot be read counts as empty, failing closed; with
+        ``strict`` it raises ApproversUnavailable instead, so a decision can say why.
+        """
         policy = self.policies.by_name(request.policy_name)
-        return list(policy.approvers) if policy else []
+        if policy is None:
+            return []
+        users: list[str] = []
+        for entry in policy.approvers:
+            members = self._members(entry, strict) if is_user_group(entry) else [entry]
+            users.extend(m for m in members if m not in users)
+        return users
+
+    def _members(self, group: str, strict: bool) -> list[str]:
+        try:
+            if self.group_members is None:
+                raise LookupError("no way to read Slack user groups is configured")
+            return list(self.group_members(group))
+        except Exception as exc:
+            log.warning("could not read the members of user group %s: %s", group, exc)
+            if strict:
+                raise ApproversUnavailable(
+                    f"jitbot could not read the members of the approver group {group} "
+                    "from Slack, so nothing changed; try again in a minute"
+                ) from None
+            return []
+
+    def approves_anything(self, user_id: str) -> bool:
+        """Whether ``user_id`` approves for any policy (directly or through a group)."""
+        for policy in self.policies.policies:
+            if user_id in policy.approvers:
+                return True
+            if any(user_id in self._members(g, False) for g in policy.approver_groups):
+                return True
+        return False
+
+    def approvals_required(self, request: AccessRequest) -> int:
+        policy = self.policies.by_name(request.policy_name)
+        return policy.approvals_required if policy else 1
 
     def authorize_decision(self, request: AccessRequest, actor_id: str) -> None:
         """Raise NotAuthorized unless ``actor_id`` may decide ``request`` right now."""
         if actor_id == request.requester_id:
             raise NotAuthorized("you cannot approve or deny your own request")
-        approvers = self.approvers_of(request)
+        approvers = self.approvers_of(request, strict=True)
         if actor_id not in approvers:
             raise NotAuthorized(
                 f"only the approvers of policy {request.policy_name} can decide this request"
             )
 
     def approve(self, request_id: int, approver_id: str) -> AccessRequest:
-        """Approve a pending request and open access. Raises NotAuthorized or StateConflict."""
-        self._decide(request_id, approver_id, RequestStatus.APPROVED, "approved")
+        """Count an approval; the one that completes the policy's ``approvals_required``
+        approves the request and opens access.
+
+        Each approver counts once (a unique row per request and approver); the final
+        move to approved is the usual compare-and-set, so of approvers clicking at once,
+        on any replicas, exactly one opens access and the others hear who did. Raises
+        NotAuthorized, AlreadyCounted or StateConflict.
+        """
+        request = self._require(request_id)
+        self._authorized_or_audited(request, approver_id)
+        if request.status != RequestStatus.PENDING:
+            self._refuse_decided(request_id, approver_id)
+        required = self.approvals_required(request)
+        counted = self.store.add_approval(
+            request_id,
+            approver_id,
+            "user",
+            self.clock(),
+            required,
+            partial=("request_partly_approved", {"required": required}),
+        )
+        if counted is None:
+            if self._require(request_id).status != RequestStatus.PENDING:
+                self._refuse_decided(request_id, approver_id)
+            self.store.audit(
+                "decision_refused", approver_id, request_id, reason="approval already counted"
+            )
+            raise AlreadyCounted(request_id)
+        approval, seen = counted
+        count = seen if seen >= required else len(self.store.approvals(request_id))
+        if count < required:
+            log.info("request %s: approval %s/%s by %s", request_id, count, required, approver_id)
+            self.deliver(request_id)
+            return self._require(request_id)
+        try:
+            self._decide(
+                request_id,
+                approver_id,
+                RequestStatus.APPROVED,
+                "approved",
+                approvals=f"{min(count, required)}/{required}",
+            )
+        except (StateConflict, NotAuthorized):
+            self._take_back_unneeded(approval, required)
+            raise
         self.open(request_id)
         return self._require(request_id)
+
+    def _take_back_unneeded(self, approval: Approval, required: int) -> None:
+        """After losing the race to approve: keep the approval if the request was approved
+        with it counted (another approver's click completed the same count), otherwise
+        remove it, so the approvals table holds only approvals that took effect."""
+        assert approval.id is not None
+        status = self._require(approval.request_id).status
+        others = [a for a in self.store.approvals(approval.request_id) if a.id != approval.id]
+        undecided_or_refused = (RequestStatus.PENDING, RequestStatus.DENIED, RequestStatus.EXPIRED)
+        approved = status not in undecided_or_refused
+        if not approved or len(others) >= required:
+            self.store.remove_approval(approval.id)
+
+    def _authorized_or_audited(self, request: AccessRequest, actor_id: str) -> None:
+        try:
+            self.authorize_decision(request, actor_id)
+        except NotAuthorized as exc:
+            self.store.audit("decision_refused", actor_id, request.id, reason=exc.message)
+            raise
+
+    def _refuse_decided(self, request_id: int, actor_id: str) -> None:
+        """Raise the late-click refusal naming who decided, audited."""
+        current = self._require(request_id)
+        self.store.audit(
+            "decision_refused", actor_id, request_id, reason=f"already {current.status}"
+        )
+        raise StateConflict(
+            f"request #{request_id} was already {current.status}",
+            current.status,
+            current.decided_by,
+        )
+
+    def approvers_who_approved(self, request_id: int) -> list[str]:
+        return [a.approver_id for a in self.store.approvals(request_id)]
 
     def deny(self, request_id: int, approver_id: str, note: str = "") -> AccessRequest:
         """Deny a pending request; nothing in the cloud is touched."""
@@ -423,7 +675,13 @@ class Engine:
         )
 
     def _decide(
-        self, request_id: int, actor_id: str, outcome: str, action: str, note: str | None = None
+        self,
+        request_id: int,
+        actor_id: str,
+        outcome: str,
+        action: str,
+        note: str | None = None,
+        approvals: str | None = None,
     ) -> AccessRequest:
         """Record one decision on a pending request, once, by someone allowed to make it.
 
@@ -435,7 +693,9 @@ class Engine:
         except NotAuthorized as exc:
             self.store.audit("decision_refused", actor_id, request_id, reason=exc.message)
             raise
-        detail = {"note": note} if note else {}
+        detail: dict[str, Any] = {"note": note} if note else {}
+        if approvals is not None:
+            detail["approvals"] = approvals
         decided = self.store.transition(
             request_id,
             (RequestStatus.PENDING,),
@@ -1361,8 +1621,12 @@ class Engine:
         for request in self.store.requests_with_status((RequestStatus.CLOSING,)):
             self._guarded(self._continue_closing, request.id)
         for request in self.store.requests_with_status((RequestStatus.PENDING,)):
-            if request.created_at and request.created_at + self.pending_timeout <= now:
+            if self._auto_approval_left(request, now):
+                self._guarded(self._auto_approve, request.id)
+            if request.created_at and request.created_at + self._pending_timeout(request) <= now:
                 self._guarded(self._expire_pending, request.id)
+            elif self._reminder_due(request, now):
+                self._guarded(self._remind, request.id)
         try:
             self.deliver()
         except Exception:
@@ -1413,6 +1677,42 @@ class Engine:
             closed_at=self.clock(),
         ):
             self.observer.request_event("expired", self._require(request_id))
+            self.deliver(request_id)
+
+    def _auto_approval_left(self, request: AccessRequest, now: datetime) -> bool:
+        """A request whose auto-approval was interrupted (a crash right after it was
+        stored); the submitting worker has had a minute to finish it itself."""
+        policy = self.policies.by_name(request.policy_name)
+        if policy is None or not policy.auto_approve or request.id is None:
+            return False
+        if request.created_at is None or now - request.created_at < timedelta(minutes=1):
+            return False
+        return any(a.kind == "auto" for a in self.store.approvals(request.id))
+
+    def _pending_timeout(self, request: AccessRequest) -> timedelta:
+        """How long ``request`` may wait for a decision: its policy's ``pending_timeout``,
+        else the deployment's."""
+        policy = self.policies.by_name(request.policy_name)
+        if policy is not None and policy.pending_timeout is not None:
+            return policy.pending_timeout
+        return self.pending_timeout
+
+    def _reminder_due(self, request: AccessRequest, now: datetime) -> bool:
+        policy = self.policies.by_name(request.policy_name)
+        if policy is None or policy.remind_after is None or request.reminded_at is not None:
+            return False
+        return request.created_at is not None and request.created_at + policy.remind_after <= now
+
+    def _remind(self, request_id: int) -> None:
+        """Remind a pending request's approvers, once, in its approval thread."""
+        request = self._require(request_id)
+        policy = self.policies.by_name(request.policy_name)
+        if policy is None or request.created_at is None:
+            return
+        expires_at = request.created_at + self._pending_timeout(request)
+        args = {"approvers": list(policy.approvers), "expires_at": expires_at.isoformat()}
+        if self.store.mark_reminded(request_id, self.clock(), ("request_reminded", args)):
+            log.info("request %s: approvers reminded", request_id)
             self.deliver(request_id)
 
     def _guarded(self, action: Callable[[int], Any], request_id: int | None) -> None:

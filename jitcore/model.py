@@ -10,7 +10,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator
+from sqlalchemy import JSON, Column, DateTime, Index, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -118,10 +118,29 @@ class AccessRequest(SQLModel, table=True):
     lease_until: datetime | None = _utc_column()
     group_id: str | None = Field(default=None, index=True)
     """Shared by the requests one ``/jit request`` made for several VMs (one per VM)."""
+    reminded_at: datetime | None = _utc_column()
 
     @property
     def port_list(self) -> list[int]:
         return [int(p) for p in self.ports.split(",") if p]
+
+
+class Approval(SQLModel, table=True):
+    """One approval counted towards a request: by a person, or by an auto-approval rule
+    (``approver_id`` "auto:<rule name>", ``kind`` "auto").
+
+    The unique pair (request, approver) is what makes a second click of the same
+    approver count once, whichever replica receives it.
+    """
+
+    __tablename__ = "approval"
+    __table_args__ = (UniqueConstraint("request_id", "approver_id", name="uq_approval_approver"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: int = Field(foreign_key="access_request.id", index=True)
+    approver_id: str
+    kind: str = "user"
+    at: datetime | None = _utc_column(nullable=False, index=True)
 
 
 class Grant(SQLModel, table=True):

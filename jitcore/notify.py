@@ -68,6 +68,14 @@ class Notifier(Protocol):
 
     def defender_end_pending(self, request: AccessRequest, args: dict[str, Any]) -> None: ...
 
+    def request_partly_approved(self, request: AccessRequest, args: dict[str, Any]) -> None: ...
+
+    def request_auto_approved(self, request: AccessRequest, rule: str) -> Posted | None: ...
+
+    def request_reminded(self, request: AccessRequest, args: dict[str, Any]) -> None: ...
+
+    def audit_line(self, request: AccessRequest, args: dict[str, Any]) -> None: ...
+
 
 class NullNotifier:
     """Tells nobody; for tools and tests that only care about the cloud side."""
@@ -103,4 +111,16 @@ class NullNotifier:
         return None
 
     def defender_end_pending(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        return None
+
+    def request_partly_approved(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        return None
+
+    def request_auto_approved(self, request: AccessRequest, rule: str) -> Posted | None:
+        return None
+
+    def request_reminded(self, request: AccessRequest, args: dict[str, Any]) -> None:
+        return None
+
+    def audit_line(self, request: AccessRequest, args: dict[str, Any]) -> None:
         return None

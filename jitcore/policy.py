@@ -40,9 +40,16 @@ DEFENDER_MIN_DURATION = timedelta(minutes=5)
 DEFENDER_MAX_DURATION = timedelta(hours=24)
 DEFAULT_MAX_DURATION = timedelta(hours=3)
 _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+_SLACK_USER_GROUP_ID = re.compile(r"S[A-Z0-9]{2,}")
+MAX_PENDING_TIMEOUT = timedelta(days=7)
 _PRINCIPAL_TARGET = re.compile(
     r"[^@\s]+@[^@\s]+\.[^@\s]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
+
+
+def is_user_group(approver: str) -> bool:
+    """Whether an ``approvers`` entry names a Slack user group (S…) rather than a user."""
+    return bool(_SLACK_USER_GROUP_ID.fullmatch(approver))
 
 
 class PolicyError(JitError):
@@ -77,6 +84,43 @@ class PortRule(BaseModel):
         return value
 
 
+class AutoApproveRule(BaseModel):
+    """A request this rule matches opens without waiting for an approver.
+
+    Every condition given must hold: each requested port is in ``ports`` (empty: any of
+    the policy's ports), the source lies inside one of ``sources`` (empty: any source the
+    policy allows), the duration is at most ``max_duration`` (unset: the policy's
+    maximum). ``max_per_day`` bounds how many requests of one requester this rule
+    approves in any 24 hours; past it, requests wait for an approver as usual.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    ports: list[int] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+    max_duration: timedelta | None = None
+    max_per_day: int = Field(ge=1, le=1000)
+
+    @field_validator("max_duration", mode="before")
+    @classmethod
+    def _parse_max(cls, value: Any) -> timedelta | None:
+        return None if value is None else _duration(value)
+
+    @field_validator("sources")
+    @classmethod
+    def _canonical_sources(cls, value: list[str]) -> list[str]:
+        return [str(ipaddress.ip_network(v, strict=True)) for v in value]
+
+    def matches(self, ports: tuple[int, ...], source_prefix: str, duration: timedelta) -> bool:
+        """Whether a request (already allowed by the policy) meets every condition."""
+        if self.ports and not set(ports) <= set(self.ports):
+            return False
+        if self.sources and not _within(source_prefix, self.sources):
+            return False
+        return self.max_duration is None or duration <= self.max_duration
+
+
 class Policy(BaseModel):
     """One policy as written in the YAML file."""
 
@@ -91,6 +135,16 @@ class Policy(BaseModel):
     widest_source_v6: int = Field(default=DEFAULT_WIDEST_V6, ge=1, le=128)
     allow_private_sources: bool = True
     approvers: list[str] = Field(min_length=1)
+    """Slack user ids (U…, W…) and user group ids (S…); a group's members are read from
+    Slack each time someone decides."""
+    approvals_required: Literal[1, 2] = 1
+    """How many distinct approvers, none of them the requester, must approve."""
+    auto_approve: list[AutoApproveRule] = Field(default_factory=list)
+    pending_timeout: timedelta | None = None
+    """How long a request waits for a decision before it expires (unset: the
+    deployment's ``JITBOT_PENDING_TIMEOUT_SECONDS``)."""
+    remind_after: timedelta | None = None
+    """When a still-undecided request's approvers are reminded, once, in its thread."""
     approval_channel: str = Field(min_length=1)
     enforcement: Literal["nsg", "defender"] = "nsg"
     """``nsg``: jitbot writes NSG rules itself. ``defender``: Defender for Cloud's JIT
@@ -110,6 +164,73 @@ class Policy(BaseModel):
     @classmethod
     def _canonical_sources(cls, value: list[str]) -> list[str]:
         return [str(ipaddress.ip_network(v, strict=True)) for v in value]
+
+    @field_validator("approvers")
+    @classmethod
+    def _approver_ids(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not (_SLACK_USER_ID.fullmatch(entry) or _SLACK_USER_GROUP_ID.fullmatch(entry)):
+                raise ValueError(
+                    f"{entry!r} is neither a Slack user id (like U0123ABCD) nor a user group "
+                    "id (like S0123ABCD)"
+                )
+        if len(value) != len(set(value)):
+            raise ValueError("each approver may be listed once")
+        return value
+
+    @field_validator("pending_timeout", "remind_after", mode="before")
+    @classmethod
+    def _parse_waits(cls, value: Any) -> timedelta | None:
+        return None if value is None else _duration(value)
+
+    @field_validator("pending_timeout")
+    @classmethod
+    def _pending_bounds(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and not timedelta(0) < value <= MAX_PENDING_TIMEOUT:
+            raise ValueError("pending_timeout must be above zero and at most 7d")
+        return value
+
+    @model_validator(mode="after")
+    def _approval_rules(self) -> Policy:
+        if self.approvals_required == 2 and not self._two_approvers_possible():
+            raise ValueError(
+                "approvals_required: 2 needs at least two approvers (two user ids, or a user group)"
+            )
+        if self.remind_after is not None:
+            if self.pending_timeout is None:
+                raise ValueError("remind_after needs pending_timeout in the same policy")
+            if self.remind_after >= self.pending_timeout:
+                raise ValueError("remind_after must be shorter than pending_timeout")
+        names = [rule.name.lower() for rule in self.auto_approve]
+        if len(names) != len(set(names)):
+            raise ValueError("auto_approve: each rule name may be used once")
+        known = {rule.port for rule in self.ports}
+        for rule in self.auto_approve:
+            unknown = sorted(set(rule.ports) - known)
+            if unknown:
+                raise ValueError(
+                    f"auto_approve {rule.name}: ports {unknown} are not in this policy's ports"
+                )
+        return self
+
+    def _two_approvers_possible(self) -> bool:
+        users = [a for a in self.approvers if _SLACK_USER_ID.fullmatch(a)]
+        return len(users) >= 2 or len(users) < len(self.approvers)
+
+    @property
+    def approver_groups(self) -> list[str]:
+        return [a for a in self.approvers if is_user_group(a)]
+
+    def auto_rule_for(self, checked: CheckedRequest) -> AutoApproveRule | None:
+        """The first auto-approval rule the request meets, if any (before the daily limit)."""
+        return next(
+            (
+                rule
+                for rule in self.auto_approve
+                if rule.matches(checked.ports, checked.source_prefix, checked.duration)
+            ),
+            None,
+        )
 
     @model_validator(mode="after")
     def _min_below_max(self) -> Policy:

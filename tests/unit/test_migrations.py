@@ -119,7 +119,7 @@ def test_the_request_forms_revision_downgrades_and_upgrades_keeping_requests(
 
     migrations.downgrade(engine, "-1")
 
-    assert migrations.current(engine) == "0002"
+    assert migrations.current(engine) == "0003"
     assert "group_id" not in {c["name"] for c in sa.inspect(engine).get_columns("access_request")}
     migrations.upgrade(engine)
     assert differences(engine) == []
@@ -201,3 +201,29 @@ def test_replicas_starting_together_migrate_once(database_url: str) -> None:
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_the_approval_revision_downgrades_and_upgrades_again_keeping_the_requests(
+    engine: Engine,
+) -> None:
+    create_schema(engine)
+    insert_active_grant(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO approval (request_id, approver_id, kind, at)"
+                " VALUES (1, 'U0APPROVR1', 'user', :at)"
+            ).bindparams(sa.bindparam("at", type_=sa.DateTime(timezone=True))),
+            {"at": NOW},
+        )
+
+    migrations.downgrade(engine, "0002")
+
+    assert "approval" not in sa.inspect(engine).get_table_names()
+    assert rows(engine, "access_request", "id", "status") == [(1, "active")]
+
+    migrations.upgrade(engine)
+
+    assert differences(engine) == []
+    assert rows(engine, "access_request", "id", "reminded_at") == [(1, None)]
+    assert rows(engine, "approval", "request_id") == []
