@@ -28,7 +28,6 @@ from bot.commands import (
     ListCommand,
     PolicyProtectCommand,
     PolicyUnprotectCommand,
-    RequestCommand,
     ScanCommand,
     StatusCommand,
     WhyCommand,
@@ -39,7 +38,7 @@ from jitcore.azure.authorization import AuthorizationGateway
 from jitcore.azure.clients import AzureTarget
 from jitcore.azure.identity import GraphDirectory
 from jitcore.engine import Engine
-from jitcore.errors import CloudError, NotAuthorized, RequestRejected, UnknownVm
+from jitcore.errors import CloudError, NotAuthorized, UnknownVm
 from jitcore.model import FINAL_STATUSES, AccessRequest, RequestStatus
 from jitcore.policy import load_principal_mappings
 from jitcore.principals import PrincipalStore
@@ -47,7 +46,6 @@ from jitcore.principals import PrincipalStore
 log = logging.getLogger(__name__)
 
 GATED = (
-    RequestCommand,
     ListCommand,
     StatusCommand,
     ExtendCommand,
@@ -92,21 +90,8 @@ class AccessGate:
 
     # -- slash commands ------------------------------------------------------------------
 
-    def early_answer(self, command: Any) -> str | None:
-        """An answer that needs no network (bad input), given in the ack itself."""
-        if isinstance(command, RequestCommand):
-            if command.source is None:
-                return messages.missing_source()
-            try:
-                self.engine.check(command.vm, list(command.ports), command.duration, command.source)
-            except RequestRejected as exc:
-                # What Engine.submit reports when the request gets that far.
-                self.engine.observer.request_event("rejected", None)
-                return messages.error_text(exc.message)
-        return None
-
     def ack_text(self, command: Any) -> str:
-        if isinstance(command, RequestCommand | WhyCommand | StatusCommand):
+        if isinstance(command, WhyCommand | StatusCommand):
             return messages.checking_access(f"to {command.vm}")
         if isinstance(command, ListCommand):
             return messages.checking_access("to your requests' VMs")
@@ -120,9 +105,6 @@ class AccessGate:
         """Check ``command`` for ``user_id``: a refusal or a full answer, or None to go on
         with the command as if there were no gate."""
         try:
-            if isinstance(command, RequestCommand):
-                self._authorize_request(user_id, command.vm)
-                return None
             if isinstance(command, ListCommand):
                 self._authorize_list(user_id)
                 return None
@@ -270,13 +252,17 @@ class AccessGate:
         if command.vm is not None:
             vm_name = self._policy_vm_name(command.vm)
             policy = self.engine.policy_for(vm_name)
-            if user_id not in policy.approvers and not self._is_admin(user_id, principal):
+            if not self.engine.approves_for(user_id, policy) and not self._is_admin(
+                user_id, principal
+            ):
                 self.store.audit("audit_refused", user_id, None, vm=vm_name)
                 return messages.audit_refused(vm_name, policy.name)
             scope = f"*{messages.escape(vm_name)}*"
         else:
             if not self._is_admin(user_id, principal):
-                approved = [p for p in self.engine.policies.policies if user_id in p.approvers]
+                approved = [
+                    p for p in self.engine.policies.policies if self.engine.approves_for(user_id, p)
+                ]
                 if not approved:
                     self.store.audit("audit_refused", user_id, None)
                     return messages.audit_refused(None, None)

@@ -54,8 +54,8 @@ def register(
     engine: Engine,
     background: Executor,
     gate: AccessGate,
-    desk: ProtectionDesk | None = None,
-    request_desk: RequestDesk | None = None,
+    desk: ProtectionDesk | None,
+    request_desk: RequestDesk,
 ) -> None:
     def handle_command(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         try:
@@ -63,17 +63,11 @@ def register(
         except CommandError as exc:
             ack(response_type="ephemeral", text=messages.usage_error(exc.message, exc.usage))
             return
-        if request_desk is not None and isinstance(
-            command, RequestCommand | RequestFormCommand | SourceCommand
-        ):
+        if isinstance(command, RequestCommand | RequestFormCommand | SourceCommand):
             _request_command(request_desk, background, command, body, ack, respond)
             return
         # Access checks (identity, Azure RBAC): see bot.gate.
         if isinstance(command, GATED):
-            early = gate.early_answer(command)
-            if early is not None:
-                ack(response_type="ephemeral", text=early)
-                return
             ack(response_type="ephemeral", text=gate.ack_text(command))
             background.submit(
                 _logged, _gated_command, engine, background, gate, command, body, respond, desk
@@ -113,8 +107,7 @@ def register(
     app.action(messages.EXTEND_ACTION)(ack=ack_click, lazy=[extend])
     app.action(messages.END_NOW_ACTION)(ack=ack_click, lazy=[end_now])
     app.event("app_home_opened")(ack=ack_click, lazy=[home_opened])
-    if request_desk is not None:
-        _register_request_form(app, background, request_desk)
+    _register_request_form(app, background, request_desk)
 
 
 # -- Requests: inline, the form, saved sources (see bot.requesting) ----------------------
@@ -193,27 +186,8 @@ def _run_command(
         return messages.list_text(requests, engine.clock())
     if isinstance(command, RevokeCommand):
         return _revoke(engine, background, command.request_id, user_id)
-    if isinstance(command, ExtendCommand):
-        return _extend(engine, command.request_id, user_id, command.duration)
-    assert isinstance(command, RequestCommand)
-    if command.source is None:
-        return messages.missing_source()
-    try:
-        request = engine.submit(
-            team_id=body.get("team_id", ""),
-            requester_id=user_id,
-            vm=command.vm,
-            ports=list(command.ports),
-            duration=command.duration,
-            source=command.source,
-            reason=command.reason,
-        )
-    except JitError as exc:
-        return messages.error_text(exc.message)
-    background.submit(_logged, engine.settle_submitted, request.id)
-    if request.status == RequestStatus.APPROVED:
-        return messages.auto_approved_ack(request)
-    return messages.submitted_ack(request)
+    assert isinstance(command, ExtendCommand), type(command).__name__
+    return _extend(engine, command.request_id, user_id, command.duration)
 
 
 def _run_protection(

@@ -1238,13 +1238,19 @@ def request_refused_per_vm(refusals: dict[str, str]) -> str:
 
 
 def group_submitted_ack(requests: list[AccessRequest]) -> str:
-    """The answer to a request for several VMs: one request (and approval) per VM."""
+    """The answer to a request for one or several VMs: one request (and approval) per VM;
+    a request an auto-approval rule approved says so."""
     if len(requests) == 1:
-        return submitted_ack(requests[0])
+        only = requests[0]
+        if only.status == RequestStatus.APPROVED:
+            return auto_approved_ack(only)
+        return submitted_ack(only)
     first = requests[0]
     duration = format_duration(timedelta(seconds=first.duration_seconds))
     lines = [
-        f"• #{r.id} *{escape(r.vm_name)}*, to the approvers in <#{r.approval_channel}>"
+        f"• #{r.id} *{escape(r.vm_name)}*, auto-approved, opening now"
+        if r.status == RequestStatus.APPROVED
+        else f"• #{r.id} *{escape(r.vm_name)}*, to the approvers in <#{r.approval_channel}>"
         for r in requests
     ]
     return (

@@ -170,7 +170,7 @@ class RequestDesk:
             reason=draft.reason,
         )
         for request in requests:
-            self.background.submit(_logged, self.engine.deliver, request.id)
+            self.background.submit(_logged, self.engine.settle_submitted, request.id)
         return requests
 
     def _offer_link(self, draft: Draft, user_id: str, team_id: str, reply: Reply) -> None:

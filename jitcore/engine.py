@@ -564,12 +564,14 @@ class Engine:
 
     def approves_anything(self, user_id: str) -> bool:
         """Whether ``user_id`` approves for any policy (directly or through a group)."""
-        for policy in self.policies.policies:
-            if user_id in policy.approvers:
-                return True
-            if any(user_id in self._members(g, False) for g in policy.approver_groups):
-                return True
-        return False
+        return any(self.approves_for(user_id, policy) for policy in self.policies.policies)
+
+    def approves_for(self, user_id: str, policy: Policy) -> bool:
+        """Whether ``user_id`` is an approver of ``policy``, directly or as a current member
+        of one of its user groups (a group that cannot be read counts as empty)."""
+        if user_id in policy.approvers:
+            return True
+        return any(user_id in self._members(g, False) for g in policy.approver_groups)
 
     def approvals_required(self, request: AccessRequest) -> int:
         policy = self.policies.by_name(request.policy_name)
