@@ -288,12 +288,16 @@ class AccessGate:
 
     # -- clicks --------------------------------------------------------------------------
 
-    def authorize_approval(self, request: AccessRequest, approver_id: str) -> None:
-        """Raise NotAuthorized unless ``approver_id`` may approve ``request`` now.
+    def authorize_approval(self, request: AccessRequest, approver_id: str) -> Any | None:
+        """Raise NotAuthorized unless ``approver_id`` may approve ``request`` now; return
+        the VM's network as read for this click (None once the request is not pending),
+        so that opening access need not read it again.
 
         The policy's rule first (an approver, not the requester); then, while the request
         is pending, Azure read afresh: the approver must hold the request actions at the
-        VM, and the requester must still hold them.
+        VM, and the requester must still hold them. The two checks run side by side
+        (``AccessChecker.check_fresh_together``); the approver's refusal is the one
+        reported when both fail, as it was when they ran one after the other.
         """
         try:
             self.engine.authorize_decision(request, approver_id)
@@ -301,24 +305,50 @@ class AccessGate:
             self.store.audit("decision_refused", approver_id, request.id, reason=exc.message)
             raise
         if request.status != RequestStatus.PENDING:
-            return
-        vm = self._vm(request.vm_name, fresh=True)
+            return None
+        vm, network = self._vm_and_network(request.vm_name)
         approver = self._principal(approver_id, request.id)
-        self._require(
-            approver_id, approver, Operation.REQUEST, vm, "approve", request.id, fresh=True
+        requester = self._requester_or_error(request)
+        checks = [(approver.object_id, Operation.REQUEST, vm)]
+        if isinstance(requester, ResolvedPrincipal):
+            checks.append((requester.object_id, Operation.REQUEST, vm))
+        answers = self.checker.check_fresh_together(checks)
+        self._refuse_unless_allowed(
+            approver_id, approver, Operation.REQUEST, vm, "approve", request.id, answers[0]
         )
-        self._requester_still_allowed(request, vm)
+        self._requester_still_allowed(request, vm, requester, answers[1:])
+        return network
 
-    def _requester_still_allowed(self, request: AccessRequest, vm: VmTarget) -> None:
+    def _requester_or_error(self, request: AccessRequest) -> ResolvedPrincipal | Exception:
+        """The requester's principal, or why it could not be resolved (reported only if
+        the approver's own check passes)."""
+        try:
+            return self.identity.resolve(request.requester_id)
+        except (IdentityRefused, IdentityUnavailable, CloudError) as exc:
+            return exc
+
+    def _requester_still_allowed(
+        self,
+        request: AccessRequest,
+        vm: VmTarget,
+        requester: ResolvedPrincipal | Exception,
+        answers: list[Any],
+    ) -> None:
         requester_id = request.requester_id
         try:
-            requester = self.identity.resolve(requester_id)
-            self.checker.require(requester.object_id, Operation.REQUEST, vm, fresh=True)
+            if isinstance(requester, Exception):
+                raise requester
+            [answer] = answers
+            if isinstance(answer, CloudError):
+                raise answer
+            if not answer.allowed:
+                raise AccessRefused(Operation.REQUEST, answer)
         except IdentityRefused as exc:
             self._audit_refusal(requester_id, request.id, "requester_identity", exc.reason)
             text = messages.requester_unmapped(requester_id, exc.reason, exc.target, exc.source)
             raise GateRefusal(text) from None
         except AccessRefused as exc:
+            assert isinstance(requester, ResolvedPrincipal)
             self._audit_access(requester_id, request.id, "request", requester.object_id, exc)
             raise GateRefusal(
                 messages.requester_lost_access(requester_id, vm.name, exc.decision)
@@ -376,16 +406,37 @@ class AccessGate:
         fresh: bool = False,
     ) -> None:
         try:
-            self.checker.require(principal.object_id, operation, vm, fresh=fresh)
-        except AccessRefused as exc:
-            self._audit_access(user_id, request_id, verb, principal.object_id, exc)
-            vm_name = vm.name if vm is not None else None
-            raise GateRefusal(
-                messages.access_refused(verb, vm_name, principal.upn, exc.decision)
-            ) from None
+            answer: Any = self.checker.check(principal.object_id, operation, vm, fresh=fresh)
         except CloudError as exc:
-            log.warning("RBAC check for %s failed: %s", user_id, exc.message)
-            raise GateRefusal(messages.access_check_failed(exc.message)) from None
+            answer = exc
+        self._refuse_unless_allowed(user_id, principal, operation, vm, verb, request_id, answer)
+
+    def _refuse_unless_allowed(
+        self,
+        user_id: str,
+        principal: ResolvedPrincipal,
+        operation: Operation,
+        vm: VmTarget | None,
+        verb: str,
+        request_id: int | None,
+        answer: Any,
+    ) -> None:
+        """Raise GateRefusal (audited) unless ``answer``, a decision or the CloudError of
+        the check, allows the operation."""
+        if isinstance(answer, CloudError):
+            log.warning("RBAC check for %s failed: %s", user_id, answer.message)
+            raise GateRefusal(messages.access_check_failed(answer.message))
+        if not answer.allowed:
+            refused = AccessRefused(operation, answer)
+            self._audit_access(user_id, request_id, verb, principal.object_id, refused)
+            vm_name = vm.name if vm is not None else None
+            raise GateRefusal(messages.access_refused(verb, vm_name, principal.upn, answer))
+
+    def _vm_and_network(self, name: str) -> tuple[VmTarget, Any]:
+        try:
+            return self.checker.locate_fresh(name)
+        except CloudError as exc:
+            raise GateRefusal(messages.error_text(exc.message)) from None
 
     def _vm(self, name: str, *, fresh: bool = False) -> VmTarget:
         try:
@@ -446,5 +497,5 @@ def build_gate(settings: Any, engine: Engine, client: Any, target: AzureTarget) 
         ttl=timedelta(seconds=settings.identity_cache_seconds),
     )
     gate = AccessGate(engine, identity, checker)
-    gate.closers = [directory.close, authorization.close]
+    gate.closers = [checker.close, directory.close, authorization.close]
     return gate

@@ -337,8 +337,8 @@ def _settle(
             )
             raise NotAuthorized(f"there is no request #{request_id} here")
         if approve:
-            gate.authorize_approval(request, user_id)
-            engine.approve(request_id, user_id)
+            network = gate.authorize_approval(request, user_id)
+            engine.approve(request_id, user_id, network=network)
         else:
             engine.deny(request_id, user_id, note)
         return True

@@ -587,9 +587,12 @@ class Engine:
                 f"only the approvers of policy {request.policy_name} can decide this request"
             )
 
-    def approve(self, request_id: int, approver_id: str) -> AccessRequest:
+    def approve(
+        self, request_id: int, approver_id: str, network: VmNetwork | None = None
+    ) -> AccessRequest:
         """Count an approval; the one that completes the policy's ``approvals_required``
-        approves the request and opens access.
+        approves the request and opens access (with ``network``, the VM's network read
+        for this click's checks, when given: see ``open``).
 
         Each approver counts once (a unique row per request and approver); the final
         move to approved is the usual compare-and-set, so of approvers clicking at once,
@@ -633,7 +636,7 @@ class Engine:
         except (StateConflict, NotAuthorized):
             self._take_back_unneeded(approval, required)
             raise
-        self.open(request_id)
+        self.open(request_id, network)
         return self._require(request_id)
 
     def _take_back_unneeded(self, approval: Approval, required: int) -> None:
@@ -726,8 +729,13 @@ class Engine:
 
     # -- opening -----------------------------------------------------------------------
 
-    def open(self, request_id: int) -> None:
-        """Create the allow rules of an approved request and make it active."""
+    def open(self, request_id: int, network: VmNetwork | None = None) -> None:
+        """Create the allow rules of an approved request and make it active.
+
+        ``network`` is the VM's network read moments ago for the same approval (the
+        click's access checks); the VM's network is read from Azure when it is not given
+        or is another VM's.
+        """
         with self._exclusive(request_id) as mine:
             if not mine:
                 return
@@ -744,7 +752,8 @@ class Engine:
                 self._open_with_defender(request, policy)
                 return
             try:
-                network = self.cloud.network_of(request.vm_name)
+                if network is None or network.vm_name.lower() != request.vm_name.lower():
+                    network = self.cloud.network_of(request.vm_name)
                 if not network.nsg_ids:
                     raise PlacementError(
                         f"{request.vm_name} has no network security group on its NICs or "

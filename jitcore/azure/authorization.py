@@ -8,6 +8,10 @@ Three reads through azure-mgmt-authorization, api-version 2022-04-01:
 - the role definition of each, by id, kept for ``definition_ttl`` seconds;
 - deny assignments with ``$filter=atScope()``: those at or above the scope.
 
+Within one approval click, several checks at the same VM share (through
+``jitcore.access.ClickReads``) the reads that are the same for all of them: the deny
+assignments at the scope and each role definition, read once at the click.
+
 An assignment or deny assignment returned for this scope at a management group can only
 sit above it (nothing below a subscription is a management group), so the management
 groups named there are passed to ``evaluate`` as the scope's ancestors.
@@ -25,6 +29,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from jitcore import rbac
+from jitcore.access import ClickReads
 from jitcore.azure.clients import AzureTarget, cloud_error
 
 log = logging.getLogger(__name__)
@@ -70,20 +75,29 @@ class AuthorizationGateway:
         required_actions: Iterable[str],
         *,
         fresh: bool = False,
+        shared: ClickReads | None = None,
     ) -> rbac.AccessDecision:
         """Whether ``object_id`` (a user, with its groups) holds the actions at ``resource_id``.
 
         ``fresh`` reads role definitions again instead of using the cached ones.
+        ``shared`` makes the reads that do not depend on the principal (deny assignments
+        at the scope, role definitions) once for every check of the same click.
 
         Raises:
             CloudError: Azure refused or failed a read; nothing is assumed granted.
         """
         assignments = self.assignments_for(object_id, resource_id)
         definitions = [
-            self.definition(a.role_definition_id, fresh=fresh)
+            self._definition_in(shared, a.role_definition_id, fresh)
             for a in _unique_definitions(assignments)
         ]
-        denies = self.deny_assignments_at(resource_id)
+        if shared is None:
+            denies = self.deny_assignments_at(resource_id)
+        else:
+            denies = shared.get(
+                ("deny assignments", resource_id.lower()),
+                lambda: self.deny_assignments_at(resource_id),
+            )
         groups = _management_groups([a.scope for a in assignments] + [d.scope for d in denies])
         return rbac.evaluate(
             resource_id,
@@ -93,6 +107,17 @@ class AuthorizationGateway:
             denies,
             required_actions,
             management_groups=groups,
+        )
+
+    def _definition_in(
+        self, shared: ClickReads | None, role_definition_id: str, fresh: bool
+    ) -> rbac.RoleDefinition | None:
+        if shared is None:
+            return self.definition(role_definition_id, fresh=fresh)
+        guid = role_definition_id.rstrip("/").rsplit("/", 1)[-1].lower()
+        return shared.get(
+            ("role definition", guid, fresh),
+            lambda: self.definition(role_definition_id, fresh=fresh),
         )
 
     def assignments_for(self, object_id: str, scope: str) -> list[rbac.RoleAssignment]:
