@@ -632,12 +632,39 @@ class Engine:
                 RequestStatus.APPROVED,
                 "approved",
                 approvals=f"{min(count, required)}/{required}",
+                deliver=False,
             )
         except (StateConflict, NotAuthorized):
             self._take_back_unneeded(approval, required)
             raise
-        self.open(request_id, network)
+        self._open_while_announcing(request_id, network)
         return self._require(request_id)
+
+    def _open_while_announcing(self, request_id: int, network: VmNetwork | None) -> None:
+        """Open access while the approval is being announced in Slack.
+
+        The approval's news is queued in the database already; sending it on a thread of
+        its own keeps Slack's answer time out of the way to the rule. A later message of
+        the request that found the approval still being sent waited for it (see
+        ``deliver``) without being tried; it is sent here. A message that was tried and
+        failed is left to the sweep, as everywhere else.
+        """
+        announcing = threading.Thread(
+            target=self._deliver_logged, args=(request_id,), name=f"jitbot-announce-{request_id}"
+        )
+        announcing.start()
+        try:
+            self.open(request_id, network)
+        finally:
+            announcing.join()
+        if any(note.attempts == 0 for note in self.store.pending_notifications(request_id)):
+            self.deliver(request_id)
+
+    def _deliver_logged(self, request_id: int) -> None:
+        try:
+            self.deliver(request_id)
+        except Exception:
+            log.exception("delivering the news of request %s failed; the sweep retries", request_id)
 
     def _take_back_unneeded(self, approval: Approval, required: int) -> None:
         """After losing the race to approve: keep the approval if the request was approved
@@ -687,8 +714,10 @@ class Engine:
         action: str,
         note: str | None = None,
         approvals: str | None = None,
+        deliver: bool = True,
     ) -> AccessRequest:
-        """Record one decision on a pending request, once, by someone allowed to make it.
+        """Record one decision on a pending request, once, by someone allowed to make it;
+        tell people unless ``deliver`` is False (the caller delivers).
 
         A refusal (not allowed, or already decided) is audited and raised.
         """
@@ -724,7 +753,8 @@ class Engine:
         log.info("request %s %s by %s", request_id, action, actor_id)
         decided_request = self._require(request_id)
         self.observer.request_event(action, decided_request)
-        self.deliver(request_id)
+        if deliver:
+            self.deliver(request_id)
         return decided_request
 
     # -- opening -----------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -13,10 +15,12 @@ from jitcore.access import (
     VIEW_ACTIONS,
     AccessChecker,
     AccessRefused,
+    ClickReads,
     Operation,
     VmTarget,
     required_actions,
 )
+from jitcore.errors import CloudError
 from tests.shared import shared_dir
 
 SUB_ID = "00000000-0000-0000-0000-00000000a11c"
@@ -39,6 +43,7 @@ class FakeAuthorizer:
     def __init__(self) -> None:
         self.allowed = True
         self.calls: list[tuple[str, tuple[str, ...], tuple[str, ...], bool]] = []
+        self.shared: list[ClickReads | None] = []
 
     def decide(
         self,
@@ -48,9 +53,11 @@ class FakeAuthorizer:
         required_actions: Iterable[str],
         *,
         fresh: bool = False,
+        shared: ClickReads | None = None,
     ) -> rbac.AccessDecision:
         actions = tuple(required_actions)
         self.calls.append((resource_id, tuple(group_ids), actions, fresh))
+        self.shared.append(shared)
         held, missing = (actions, ()) if self.allowed else ((), actions)
         return rbac.AccessDecision(self.allowed, resource_id, held, missing)
 
@@ -194,3 +201,79 @@ def test_reader_and_security_reader_can_read_jit_status_but_not_request(
 
     assert holds(VIEW_ACTIONS) is reads
     assert holds(required_actions(Operation.REQUEST, True)) is requests
+
+
+def test_the_checks_of_one_click_read_each_principal_afresh_and_share_one_memo() -> None:
+    access, authorizer, groups, _ = checker()
+    access.check(USER, Operation.REQUEST, VM)  # cached, yet not used by the click
+    other = "b0b00000-0000-4000-8000-000000000002"
+
+    answers = access.check_fresh_together(
+        [(USER, Operation.REQUEST, VM), (other, Operation.REQUEST, VM)]
+    )
+
+    assert [a.allowed for a in answers if isinstance(a, rbac.AccessDecision)] == [True, True]
+    assert groups.calls == 3 and [call[3] for call in authorizer.calls[1:]] == [True, True]
+    first, second = authorizer.shared[1:]
+    assert isinstance(first, ClickReads) and first is second
+    access.close()
+
+
+def test_a_new_click_gets_a_new_memo_so_nothing_is_reused_between_clicks() -> None:
+    access, authorizer, _, _ = checker()
+
+    access.check_fresh_together([(USER, Operation.REQUEST, VM)])
+    access.check_fresh_together([(USER, Operation.REQUEST, VM)])
+
+    assert len(authorizer.calls) == 2 and authorizer.shared[0] is not authorizer.shared[1]
+    access.close()
+
+
+def test_a_failed_check_of_one_principal_is_returned_not_raised() -> None:
+    access, authorizer, _, _ = checker()
+
+    def failing(*args: object, **kwargs: object) -> rbac.AccessDecision:
+        raise CloudError("Azure said no", code="AuthorizationFailed")
+
+    authorizer.decide = failing  # type: ignore[method-assign]
+
+    [answer] = access.check_fresh_together([(USER, Operation.REQUEST, VM)])
+
+    assert isinstance(answer, CloudError) and answer.code == "AuthorizationFailed"
+    access.close()
+
+
+def test_click_reads_read_a_key_once_for_concurrent_callers() -> None:
+    reads = ClickReads()
+    started, release = threading.Event(), threading.Event()
+    count = 0
+
+    def slow_read() -> str:
+        nonlocal count
+        count += 1
+        started.set()
+        release.wait(5)
+        return "denies"
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(reads.get, ("deny", "scope"), slow_read)
+        started.wait(5)
+        second = pool.submit(reads.get, ("deny", "scope"), slow_read)
+        release.set()
+        assert (first.result(5), second.result(5)) == ("denies", "denies")
+    assert count == 1
+    assert reads.get(("deny", "other scope"), lambda: "other") == "other"
+
+
+def test_click_reads_give_every_caller_the_error_of_a_failed_read() -> None:
+    reads = ClickReads()
+    attempts = []
+
+    def failing() -> str:
+        attempts.append(1)
+        raise CloudError("throttled", code="TooManyRequests")
+
+    for _ in range(2):
+        with pytest.raises(CloudError, match="throttled"):
+            reads.get("key", failing)
+    assert len(attempts) == 1

@@ -1,0 +1,101 @@
+"""What one approval click reads from Azure and Microsoft Graph before it opens access.
+
+The click re-authorizes both the approver and the requester with fresh reads, and the
+opening needs the VM's network. Counted from the ARM stand-in's log (Graph is served by
+the same server, under ``/v1.0/``), between the click and the request turning active.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bot.sandbox import SandboxStack
+from jitcore.model import RequestStatus
+from tests.scenario.harness import APPROVER, SECOND_APPROVER, Driver, wait_until, write_policy
+
+READS_BEFORE_THE_RULE = Counter(
+    {
+        # the VM's network, read once for the checks and the opening
+        "GET virtualMachines": 1,
+        "GET networkInterfaces": 1,
+        "GET subnets": 1,
+        "GET publicIPAddresses": 1,
+        # the approver's directory entry (their first click; the identity cache keeps it,
+        # as it keeps the requester's from the request)
+        "GET users": 1,
+        # each principal's groups and role assignments, afresh
+        "GET transitiveMemberOf": 2,
+        "GET roleAssignments": 2,
+        # the requester's JIT Access Role and the approver's Contributor
+        "GET roleDefinitions": 2,
+        # the same for both principals at the VM: read once for the click
+        "GET denyAssignments": 1,
+        # the NSG the rule is planned in, then the rule itself
+        "GET networkSecurityGroups": 1,
+        "PUT securityRules": 1,
+    }
+)
+KINDS = (
+    "transitiveMemberOf",
+    "/v1.0/users",
+    "roleAssignments",
+    "roleDefinitions",
+    "denyAssignments",
+    "securityRules",
+    "networkSecurityGroups",
+    "publicIPAddresses",
+    "subnets",
+    "networkInterfaces",
+    "virtualMachines",
+)
+
+
+def kind(call: dict[str, Any]) -> str:
+    path = call["path"].lower()
+    name = next((k for k in KINDS if k.lower() in path), "other")
+    return f"{call['method']} {name.removeprefix('/v1.0/')}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxStack]:
+    directory = tmp_path_factory.mktemp("approval-reads")
+    running = SandboxStack(directory, policy_file=write_policy(directory)).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def reads_of_one_approval(stack: SandboxStack, source: str, approver: str) -> Counter[str]:
+    """Request, click Approve as ``approver``, wait until active: the ARM and Graph calls
+    made from the click up to the rule's PUT, by kind."""
+    driver = Driver(stack)
+    status, reply = driver.command(f"request vm-web01 22 1h from {source} because reads")
+    assert status == 200, reply
+    request_id = int(reply["text"].split("#", 1)[1].split()[0])
+    wait_until(lambda: driver.request(request_id).approval_ts, 30, "the approval message")
+    stack.arm.clear_requests()
+    assert driver.click("jit_approve", request_id, user=approver) == 200
+    driver.wait_status(request_id, RequestStatus.ACTIVE, timeout=30)
+    calls = sorted(stack.arm.requests(), key=lambda c: c["time"])
+    rule = f"/securityRules/jitbot-allow-r{request_id}"
+    [put] = [c for c in calls if c["method"] == "PUT" and c["path"].endswith(rule)]
+    return Counter(kind(c) for c in calls if c["time"] <= put["time"])
+
+
+def test_an_approval_reads_the_network_once_and_each_principals_rbac_afresh(
+    stack: SandboxStack,
+) -> None:
+    assert reads_of_one_approval(stack, "203.0.113.7", APPROVER) == READS_BEFORE_THE_RULE
+
+
+def test_the_next_approval_reads_everything_again_nothing_is_kept_from_the_last_click(
+    stack: SandboxStack,
+) -> None:
+    reads_of_one_approval(stack, "203.0.113.8", APPROVER)
+
+    assert reads_of_one_approval(stack, "203.0.113.9", SECOND_APPROVER) == READS_BEFORE_THE_RULE
