@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.sandbox import SandboxStack
 from jitcore.model import RequestStatus
-from tests.scenario.harness import APPROVER, SECOND_APPROVER, Driver, wait_until, write_policy
+from sandbox.slack import seed
+from tests.scenario.harness import (
+    APPROVER,
+    FAST_POLICY,
+    SECOND_APPROVER,
+    Driver,
+    wait_until,
+    write_policy,
+)
+from tests.scenario.test_access import ALICE_OBJECT_ID, revoke_role
 
 READS_BEFORE_THE_RULE = Counter(
     {
@@ -99,3 +109,36 @@ def test_the_next_approval_reads_everything_again_nothing_is_kept_from_the_last_
     reads_of_one_approval(stack, "203.0.113.8", APPROVER)
 
     assert reads_of_one_approval(stack, "203.0.113.9", SECOND_APPROVER) == READS_BEFORE_THE_RULE
+
+
+def test_when_approver_and_requester_both_lack_access_the_approvers_refusal_is_told(
+    tmp_path: Path,
+) -> None:
+    """The two checks run side by side; the answer is the one the approver's check,
+    which used to run first, gives, and only the approver's refusal is audited."""
+    policy = FAST_POLICY.replace(
+        "approvers: [U0APPROVR1, U0APPROVR2]", f"approvers: [{seed.READER_USER}, U0APPROVR1]"
+    )
+    running = SandboxStack(tmp_path, policy_file=write_policy(tmp_path, policy)).start()
+    try:
+        driver = Driver(running)
+        status, reply = driver.command("request vm-web01 22 1h from 203.0.113.7 because both")
+        assert status == 200, reply
+        request_id = int(reply["text"].split("#", 1)[1].split()[0])
+        wait_until(lambda: driver.request(request_id).approval_ts, 30, "the approval message")
+        revoke_role(running, ALICE_OBJECT_ID)
+
+        driver.click("jit_approve", request_id, user=seed.READER_USER)
+
+        told = wait_until(lambda: driver.ephemerals_to(seed.READER_USER), 30, "the refusal")
+        assert told[-1].startswith(":no_entry: You cannot approve requests for *vm-web01*")
+        assert driver.request(request_id).status == RequestStatus.PENDING
+        assert running.bot is not None
+        refusals = [
+            (e.actor, e.detail.get("check"))
+            for e in running.bot.store.audit_events(request_id)
+            if e.action == "access_refused"
+        ]
+        assert refusals == [(seed.READER_USER, "approve")]
+    finally:
+        running.stop()
