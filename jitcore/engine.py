@@ -481,7 +481,14 @@ class Engine:
             now = self.clock()
             claim_until = now + timedelta(seconds=min(NOTIFY_CLAIM_SECONDS, self.lease_seconds))
             assert note.id is not None
-            if not self.store.claim_notification(note.id, self.worker_id, now, claim_until):
+            try:
+                claimed = self.store.claim_notification(note.id, self.worker_id, now, claim_until)
+            except Exception as exc:
+                # The claim may be stored with only its answer lost (the database went
+                # away meanwhile): release it once the database is back, if it is ours.
+                self._hold_delivery(note.id, now, type(exc).__name__, give_up=False)
+                raise
+            if not claimed:
                 stuck.add(lane)
                 continue
             try:
@@ -522,12 +529,19 @@ class Engine:
         try:
             self.store.finish_notification(notification_id, at, error=error, give_up=give_up)
         except Exception:
-            with self._busy_guard:
-                self._unrecorded[notification_id] = (at, error, give_up)
+            self._hold_delivery(notification_id, at, error, give_up)
             raise
 
+    def _hold_delivery(
+        self, notification_id: int, at: datetime, error: str | None, give_up: bool
+    ) -> None:
+        with self._busy_guard:
+            self._unrecorded[notification_id] = (at, error, give_up)
+
     def _record_held_deliveries(self) -> None:
-        """Record the delivery outcomes the database could not take earlier."""
+        """Record the delivery outcomes the database could not take earlier; each only
+        while this worker still holds the claim, so a claim taken since by another
+        worker is left alone."""
         with self._busy_guard:
             held = dict(self._unrecorded)
         for notification_id, (at, error, give_up) in held.items():

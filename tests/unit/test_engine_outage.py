@@ -118,3 +118,37 @@ def test_a_delivery_the_database_could_not_record_is_recorded_later_and_not_sent
     assert engine.store.get_request(request.id).status == RequestStatus.CLOSED
     assert [e for e, _ in notifier.events] == ["submitted", "approved", "granted", "closed"]
     assert all(n.sent_at is not None for n in engine.store.notifications(request.id))
+
+
+def test_a_claim_whose_answer_was_lost_does_not_hold_back_the_requests_notices(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _cloud, clock = world
+    notifier = engine.notifier
+    request = engine.submit(
+        "T0001ABCD", "U0REQ12345", "vm-web01", [22], timedelta(seconds=5), "203.0.113.7"
+    )
+    engine.deliver(request.id)
+    real_claim = engine.store.claim_notification
+    lost: list[str] = []
+
+    def claim_stored_but_answer_lost(notification_id: int, *args, **kwargs) -> bool:
+        [note] = [n for n in engine.store.notifications(request.id) if n.id == notification_id]
+        claimed = real_claim(notification_id, *args, **kwargs)
+        if note.event == "request_granted" and not lost:
+            lost.append(note.event)
+            raise OperationalError("COMMIT", {}, ConnectionError("server closed"))
+        return claimed
+
+    monkeypatch.setattr(engine.store, "claim_notification", claim_stored_but_answer_lost)
+
+    with pytest.raises(OperationalError):
+        engine.approve(request.id, "U0APPROVR1")
+
+    assert lost == ["request_granted"]
+    clock.now += timedelta(seconds=6)  # well inside the lost claim's minute
+    engine.sweep()
+
+    assert engine.store.get_request(request.id).status == RequestStatus.CLOSED
+    assert [e for e, _ in notifier.events] == ["submitted", "approved", "granted", "closed"]
+    assert all(n.sent_at is not None for n in engine.store.notifications(request.id))
