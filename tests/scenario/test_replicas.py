@@ -132,5 +132,10 @@ def test_when_a_replica_dies_the_other_takes_over_its_deadlines(world: ProcessWo
             what="the surviving replica to close it",
         )
         assert len([d for d in deletes_of(world, request_id) if d["status"] < 300]) == 1
+        wait_until(
+            lambda r=request_id: all_delivered(world, r),
+            timeout=30,
+            what=f"the notices of request {request_id} to be delivered",
+        )
     dms = [t for t in via_a.dms_to(REQUESTER) if "expired" in t]
     assert len(dms) == 2
