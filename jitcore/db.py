@@ -189,13 +189,23 @@ class Store:
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def finish_notification(
-        self, notification_id: int, now: datetime, error: str | None = None, give_up: bool = False
+        self,
+        notification_id: int,
+        now: datetime,
+        error: str | None = None,
+        give_up: bool = False,
+        owner: str | None = None,
     ) -> None:
-        """Record a delivery: sent (or given up), or failed and free to be tried again."""
+        """Record a delivery: sent (or given up), or failed and free to be tried again.
+
+        With ``owner``, only while that worker still holds the claim (a late record must
+        not free a notification another worker has claimed since)."""
         values: dict[str, Any] = {"last_error": error, "claimed_until": None}
         if error is None or give_up:
             values["sent_at"] = now
         statement = update(Notification).where(col(Notification.id) == notification_id)
+        if owner is not None:
+            statement = statement.where(col(Notification.claimed_by) == owner)
         with self.session() as session:
             session.execute(statement.values(**values))
             session.commit()

@@ -217,6 +217,8 @@ class Engine:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._busy: set[int] = set()
         self._busy_guard = threading.Lock()
+        self._unrecorded: dict[int, tuple[datetime, str | None, bool]] = {}
+        """Delivery outcomes the database could not take (see :meth:`_record_delivery`)."""
 
     # -- requesting and deciding -------------------------------------------------------
 
@@ -468,6 +470,7 @@ class Engine:
         so people read events in the order they happened. Delivery is at least once: a
         crash between sending and recording the send repeats that one message.
         """
+        self._record_held_deliveries()
         stuck: set[tuple[int, bool]] = set()
         for note in self.store.pending_notifications(request_id):
             # Audit-channel lines keep their own order, so a broken audit channel never
@@ -478,7 +481,14 @@ class Engine:
             now = self.clock()
             claim_until = now + timedelta(seconds=min(NOTIFY_CLAIM_SECONDS, self.lease_seconds))
             assert note.id is not None
-            if not self.store.claim_notification(note.id, self.worker_id, now, claim_until):
+            try:
+                claimed = self.store.claim_notification(note.id, self.worker_id, now, claim_until)
+            except Exception as exc:
+                # The claim may be stored with only its answer lost (the database went
+                # away meanwhile): release it once the database is back, if it is ours.
+                self._hold_delivery(note.id, now, type(exc).__name__, give_up=False)
+                raise
+            if not claimed:
                 stuck.add(lane)
                 continue
             try:
@@ -486,9 +496,7 @@ class Engine:
             except Exception as exc:
                 stuck.add(lane)
                 give_up = note.attempts + 1 >= MAX_NOTIFY_ATTEMPTS
-                self.store.finish_notification(
-                    note.id, self.clock(), error=type(exc).__name__, give_up=give_up
-                )
+                self._record_delivery(note.id, error=type(exc).__name__, give_up=give_up)
                 log.warning(
                     "notifying %s for request %s failed (%s); %s",
                     note.event,
@@ -505,7 +513,43 @@ class Engine:
                     gave_up=give_up,
                 )
                 continue
-            self.store.finish_notification(note.id, self.clock())
+            self._record_delivery(note.id)
+
+    def _record_delivery(
+        self, notification_id: int, error: str | None = None, give_up: bool = False
+    ) -> None:
+        """Record how a claimed notification's delivery went.
+
+        When the database fails right then (an outage beginning), the outcome is kept in
+        memory and recorded by this worker's next delivery round, once the database is
+        back. Otherwise the claim would stay until it runs out (a minute), holding back
+        every later notice of the request, and a message already sent would be sent again.
+        """
+        at = self.clock()
+        try:
+            self.store.finish_notification(notification_id, at, error=error, give_up=give_up)
+        except Exception:
+            self._hold_delivery(notification_id, at, error, give_up)
+            raise
+
+    def _hold_delivery(
+        self, notification_id: int, at: datetime, error: str | None, give_up: bool
+    ) -> None:
+        with self._busy_guard:
+            self._unrecorded[notification_id] = (at, error, give_up)
+
+    def _record_held_deliveries(self) -> None:
+        """Record the delivery outcomes the database could not take earlier; each only
+        while this worker still holds the claim, so a claim taken since by another
+        worker is left alone."""
+        with self._busy_guard:
+            held = dict(self._unrecorded)
+        for notification_id, (at, error, give_up) in held.items():
+            self.store.finish_notification(
+                notification_id, at, error=error, give_up=give_up, owner=self.worker_id
+            )
+            with self._busy_guard:
+                self._unrecorded.pop(notification_id, None)
 
     def _send(self, note: Notification) -> None:
         request = self._require(note.request_id)
@@ -1843,6 +1887,11 @@ class Engine:
 
         Within the process a set of busy ids answers at once; across processes a lease in
         the request's row does, expiring after ``lease_seconds`` if its holder dies.
+
+        The id always leaves the busy set, even when the lease cannot be released (the
+        database went away mid-work): a lease left in the row runs out by itself and this
+        worker may take its own lease again, but an id stuck in the set would keep every
+        later expiry and sweep of this process away from the request for good.
         """
         with self._busy_guard:
             mine = request_id not in self._busy
@@ -1857,11 +1906,13 @@ class Engine:
                 )
             yield mine and leased
         finally:
-            if leased:
-                self.store.release_lease(request_id, self.worker_id)
-            if mine:
-                with self._busy_guard:
-                    self._busy.discard(request_id)
+            try:
+                if leased:
+                    self.store.release_lease(request_id, self.worker_id)
+            finally:
+                if mine:
+                    with self._busy_guard:
+                        self._busy.discard(request_id)
 
 
 def _is_allow_rule(rule: dict[str, Any]) -> bool:

@@ -24,12 +24,12 @@ class CuttableProxy:
         self._thread.start()
 
     def cut(self) -> None:
-        self._open.clear()
         with self._lock:
+            self._open.clear()
             for sock in self._sockets:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                    sock.close()
+                sock.close()
             self._sockets.clear()
 
     def restore(self) -> None:
@@ -55,7 +55,12 @@ class CuttableProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the timeout is for connecting; idle links stay up
             with self._lock:
+                if not self._open.is_set():  # cut while connecting: this one goes too
+                    client.close()
+                    upstream.close()
+                    continue
                 self._sockets += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=_pump, args=(source, sink), daemon=True).start()

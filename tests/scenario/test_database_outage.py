@@ -69,8 +69,22 @@ def test_a_grant_ending_during_a_database_outage_is_closed_when_it_returns(
         r["name"] for r in stack.arm.snapshot_nsg(_nsg(stack))
     ]
     assert closed.closed_at > active.ends_at
-    told = wait_until(lambda: [t for t in driver.dms_to(REQUESTER) if "expired" in t], what="DM")
+    told = wait_until(
+        lambda: [t for t in driver.dms_to(REQUESTER) if "expired" in t], timeout=30, what="DM"
+    )
     assert len(told) == 1
+    # Every notice of the request is delivered, none given up, the ones whose delivery the
+    # outage interrupted included.
+    notices = wait_until(
+        lambda: (
+            (ns := stack.bot.store.notifications(request_id))
+            and all(n.sent_at is not None for n in ns)
+            and ns
+        ),
+        timeout=30,
+        what="every notice to be delivered",
+    )
+    assert [n.event for n in notices if n.last_error] == []
     actions = [e.action for e in stack.bot.store.audit_events(request_id)]
     assert actions[0] == "requested" and actions[-1] == "closed"
     assert "rule_removed" in actions
