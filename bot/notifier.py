@@ -18,7 +18,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot import messages
 from jitcore.model import AccessRequest, Grant, RequestStatus
-from jitcore.notify import Posted, RestoreReport
+from jitcore.notify import Posted, RestoreReport, send_once
 from jitcore.source_flags import SourceFlagger
 
 log = logging.getLogger(__name__)
@@ -199,13 +199,19 @@ class SlackNotifier:
     def _thread(self, request: AccessRequest, text: str) -> None:
         if not (request.approval_channel and request.approval_ts):
             return
-        self.client.chat_postMessage(
-            channel=request.approval_channel,
-            thread_ts=request.approval_ts,
-            text=text,
-            unfurl_links=False,
+        channel, thread = request.approval_channel, request.approval_ts
+        send_once(
+            "thread",
+            lambda: self.client.chat_postMessage(
+                channel=channel, thread_ts=thread, text=text, unfurl_links=False
+            ),
         )
 
     def _direct(self, request: AccessRequest, text: str) -> None:
-        opened = self.client.conversations_open(users=request.requester_id)
-        self.client.chat_postMessage(channel=opened["channel"]["id"], text=text, unfurl_links=False)
+        def send() -> None:
+            opened = self.client.conversations_open(users=request.requester_id)
+            self.client.chat_postMessage(
+                channel=opened["channel"]["id"], text=text, unfurl_links=False
+            )
+
+        send_once("dm", send)

@@ -210,6 +210,18 @@ class Store:
             session.execute(statement.values(**values))
             session.commit()
 
+    def record_notification_step(self, notification_id: int, owner: str, step: str) -> bool:
+        """Note that ``step`` of a notification was sent, while ``owner`` holds its claim.
+        False if another worker has claimed it since (the note is then not written)."""
+        with self.session() as session:
+            note = session.get(Notification, notification_id, with_for_update=True)
+            if note is None or note.claimed_by != owner:
+                return False
+            note.steps_done = [*(note.steps_done or []), step]
+            session.add(note)
+            session.commit()
+            return True
+
     def notifications(self, request_id: int) -> list[Notification]:
         with self.session() as session:
             query = select(Notification).where(Notification.request_id == request_id)

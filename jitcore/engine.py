@@ -60,7 +60,7 @@ from jitcore.model import (
     RequestStatus,
     utcnow,
 )
-from jitcore.notify import Notifier, RestoreReport
+from jitcore.notify import DeliverySteps, Notifier, RestoreReport, current_delivery
 from jitcore.observe import NULL_OBSERVER, Observer, counts_rejections
 from jitcore.planner import (
     ALLOW_PREFIX,
@@ -552,6 +552,19 @@ class Engine:
                 self._unrecorded.pop(notification_id, None)
 
     def _send(self, note: Notification) -> None:
+        assert note.id is not None
+        note_id = note.id
+        steps = DeliverySteps(
+            set(note.steps_done or []),
+            lambda step: self.store.record_notification_step(note_id, self.worker_id, step),
+        )
+        token = current_delivery.set(steps)
+        try:
+            self._send_now(note)
+        finally:
+            current_delivery.reset(token)
+
+    def _send_now(self, note: Notification) -> None:
         request = self._require(note.request_id)
         if note.event in ("request_submitted", "request_auto_approved"):
             if note.event == "request_submitted":

@@ -214,6 +214,9 @@ class Notification(SQLModel, table=True):
     claimed_until: datetime | None = _utc_column()
     attempts: int = 0
     last_error: str | None = None
+    steps_done: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    """The messages of this notification already sent (``dm#1``, ``thread#1``…), so that a
+    redelivery after a crash mid-way does not send them again."""
 
 
 class PrincipalMapping(SQLModel, table=True):

@@ -2,10 +2,62 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jitcore.model import AccessRequest, Grant
+
+log = logging.getLogger(__name__)
+
+
+class DeliverySteps:
+    """The messages one notification sends, each sent at most once across redeliveries.
+
+    A notifier method may send several messages (a DM, a post in the approval thread).
+    When the process dies after some of them, the notification is delivered again; the
+    steps recorded as done are skipped then. Steps are named by kind and order within the
+    delivery (``dm#1``), so the same notifier code names them the same way every time.
+    """
+
+    def __init__(self, done: set[str], record: Callable[[str], object]) -> None:
+        self._done = set(done)
+        self._record = record
+        self._counts: dict[str, int] = {}
+
+    def once(self, kind: str, send: Callable[[], object]) -> None:
+        """Run ``send`` unless this step was done by an earlier delivery; then record it.
+
+        A failure to record is logged and not raised: the message is out, and failing
+        the notification for it would only send it again.
+        """
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        step = f"{kind}#{self._counts[kind]}"
+        if step in self._done:
+            log.info("skipping %s: sent by an earlier delivery", step)
+            return
+        send()
+        self._done.add(step)
+        try:
+            self._record(step)
+        except Exception as exc:
+            log.warning("could not record that %s was sent: %s", step, type(exc).__name__)
+
+
+current_delivery: ContextVar[DeliverySteps | None] = ContextVar("current_delivery", default=None)
+"""The steps of the notification being delivered in this thread, if any."""
+
+
+def send_once(kind: str, send: Callable[[], object]) -> None:
+    """Send through the current delivery's steps (see DeliverySteps), or simply send when
+    no notification is being delivered."""
+    steps = current_delivery.get()
+    if steps is None:
+        send()
+    else:
+        steps.once(kind, send)
 
 
 @dataclass(frozen=True)

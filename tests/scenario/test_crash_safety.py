@@ -147,7 +147,13 @@ def test_a_kill_while_closing_still_closes_and_tells_the_requester_once(
     assert not rule_present(world, request_id)
     word = "expired" if ending == "expiry" else "was revoked"
     told = wait_until(lambda: dms(driver, word), timeout=15, what="the closing DM")
-    time.sleep(1.5)
+    # The interrupted notice is delivered again once its claim runs out; wait for that,
+    # so a DM sent a second time would be seen here.
+    wait_until(
+        lambda: all(n.sent_at is not None for n in world.store.notifications(request_id)),
+        timeout=60,
+        what="every notice delivered",
+    )
     assert len(dms(driver, word)) == len(told) == 1
     log = actions(world, request_id)
     assert log[0] == "requested" and log[-1] == "closed"

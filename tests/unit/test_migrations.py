@@ -117,13 +117,38 @@ def test_the_request_forms_revision_downgrades_and_upgrades_keeping_requests(
     create_schema(engine)
     insert_active_grant(engine)
 
-    migrations.downgrade(engine, "-1")
+    migrations.downgrade(engine, "0003")
 
     assert migrations.current(engine) == "0003"
     assert "group_id" not in {c["name"] for c in sa.inspect(engine).get_columns("access_request")}
     migrations.upgrade(engine)
     assert differences(engine) == []
     assert rows(engine, "access_request", "id", "status", "group_id") == [(1, "active", None)]
+
+
+def test_the_notification_steps_revision_downgrades_and_upgrades_keeping_notices(
+    engine: Engine,
+) -> None:
+    create_schema(engine)
+    insert_active_grant(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO notification (request_id, event, args, created_at, attempts)"
+                " VALUES (1, 'request_granted', '{}', :at, 0)"
+            ).bindparams(sa.bindparam("at", type_=sa.DateTime(timezone=True))),
+            {"at": NOW},
+        )
+
+    migrations.downgrade(engine, "-1")
+
+    assert migrations.current(engine) == "0004"
+    assert "steps_done" not in {c["name"] for c in sa.inspect(engine).get_columns("notification")}
+    migrations.upgrade(engine)
+    assert differences(engine) == []
+    assert rows(engine, "notification", "id", "event", "steps_done") == [
+        (1, "request_granted", None)
+    ]
 
 
 def test_a_database_made_by_the_first_release_is_stamped_then_upgraded(engine: Engine) -> None:
