@@ -15,7 +15,7 @@ import json
 import logging
 import re
 from concurrent.futures import Executor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
@@ -305,7 +305,7 @@ def _decide(
     engine: Engine, body: dict[str, Any], client: WebClient, approve: bool, gate: AccessGate
 ) -> None:
     user_id = body["user"]["id"]
-    value = str(body["actions"][0].get("value", ""))
+    value = str(body["actions"][0].get("value", "")).split(":", 1)[0]
     if not (value.isascii() and value.isdigit()) or len(value) > 12:
         log.info("click with a malformed request id from %s ignored", user_id)
         return
@@ -452,7 +452,7 @@ def _submitted_reason(view: dict[str, Any]) -> str:
 def _clicked_request(engine: Engine, body: dict[str, Any]) -> AccessRequest | None:
     """The request a button names, if it exists in the clicker's workspace; nothing else
     in the payload is trusted."""
-    value = str(body["actions"][0].get("value", ""))
+    value = str(body["actions"][0].get("value", "")).split(":", 1)[0]
     if not (value.isascii() and value.isdigit()) or len(value) > 12:
         log.info("click with a malformed request id from %s ignored", body["user"]["id"])
         return None
@@ -480,7 +480,7 @@ def _extend_click(
     assert request.id is not None
     try:
         gate.authorize_extension(request, user_id)
-        extended = engine.extend_by_step(request.id, user_id, EXTEND_BUTTON_STEP)
+        extended = engine.extend_by_step(request.id, user_id, EXTEND_BUTTON_STEP, _warned_end(body))
     except GateRefusal as exc:
         _tell(client, channel, user_id, exc.text)
         return
@@ -498,6 +498,15 @@ def _extend_click(
     _replace_clicked(
         client, body, messages.extended_ack(extended), messages.extended_blocks(extended)
     )
+
+
+def _warned_end(body: dict[str, Any]) -> datetime | None:
+    """The end an Extend button was made for (see messages.extend_button_value), if the
+    button says; None for a button made before it did."""
+    _, _, end = str(body["actions"][0].get("value", "")).partition(":")
+    if not (end.isascii() and end.isdigit()) or len(end) > 18:
+        return None
+    return messages.EPOCH + timedelta(microseconds=int(end))
 
 
 def _replace_clicked(

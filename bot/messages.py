@@ -344,6 +344,17 @@ def expiring_text(request: AccessRequest, now: datetime) -> str:
     )
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def extend_button_value(request: AccessRequest) -> str:
+    """``<request id>:<end warned about, in microseconds since the epoch>``: a click
+    extends from that end, so a second click on the same warning finds the work done
+    instead of adding again."""
+    assert request.ends_at is not None
+    return f"{request.id}:{(request.ends_at - EPOCH) // timedelta(microseconds=1)}"
+
+
 def expiring_blocks(
     request: AccessRequest, extend_by: timedelta, now: datetime
 ) -> list[dict[str, Any]]:
@@ -370,7 +381,7 @@ def expiring_blocks(
                             "text": f"Extend by {format_duration(extend_by)}",
                         },
                         "style": "primary",
-                        "value": str(request.id),
+                        "value": extend_button_value(request),
                     }
                 ],
             }

@@ -112,6 +112,19 @@ AUTO_APPROVAL_WINDOW = timedelta(days=1)
 """The rolling window of an auto-approval rule's ``max_per_day``."""
 
 
+class AlreadyExtended(RequestRejected):
+    """The Extend button was already used for this warning: the end is past what it
+    offered."""
+
+    def __init__(self, request_id: int, ends_at: datetime) -> None:
+        super().__init__(
+            f"request #{request_id} was already extended; it now ends at "
+            f"{ends_at.strftime('%Y-%m-%d %H:%M UTC')}"
+        )
+        self.request_id = request_id
+        self.ends_at = ends_at
+
+
 class AlreadyCounted(StateConflict):
     """The approver's approval of a still-pending request was counted before; the
     request waits for another approver."""
@@ -1269,15 +1282,30 @@ class Engine:
         """
         return self._extend(request_id, actor_id, lambda _request: self.clock() + duration)
 
-    def extend_by_step(self, request_id: int, actor_id: str, step: timedelta) -> AccessRequest:
-        """Move the end ``step`` later, capped at the policy's limit (the Extend button)."""
+    def extend_by_step(
+        self,
+        request_id: int,
+        actor_id: str,
+        step: timedelta,
+        warned_end: datetime | None = None,
+    ) -> AccessRequest:
+        """Move the end ``step`` later, capped at the policy's limit (the Extend button).
+
+        With ``warned_end`` (the end the button was offered for), the new end is
+        ``warned_end + step``: clicking the same button twice, or after the end was moved
+        by other means, raises AlreadyExtended instead of adding the step again.
+        """
 
         def target(request: AccessRequest) -> datetime:
             assert request.ends_at is not None and request.id is not None
+            base = request.ends_at if warned_end is None else warned_end
             limit = self.extension_limit(request)
+            wanted = min(base + step, limit)
+            if warned_end is not None and request.ends_at >= wanted:
+                raise AlreadyExtended(request.id, request.ends_at)
             if request.ends_at >= limit:
                 raise ExtensionTooLong(request.id, limit, timedelta(0))
-            return min(request.ends_at + step, limit)
+            return wanted
 
         return self._extend(request_id, actor_id, target)
 

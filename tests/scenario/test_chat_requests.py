@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bot import messages
 from bot.sandbox import SandboxStack
 from jitcore.model import RequestStatus
 from sandbox.slack import seed, sender
@@ -194,12 +195,13 @@ def test_the_requester_is_warned_before_the_end_and_extend_moves_it_by_the_step(
         assert args["channel"] == stack.slack.workspace.dm_channel(REQUESTER)
         assert f"request #{request_id}" in args["text"] and "expires in 1 min" in args["text"]
         [button] = args["blocks"][1]["elements"]
-        assert (button["action_id"], button["value"]) == ("jit_extend", str(request_id))
+        assert button["action_id"] == "jit_extend"
+        assert button["value"] == messages.extend_button_value(driver.request(request_id))
         assert button["text"]["text"] == "Extend by 30m"
 
         body = sender.block_action_body(
             "jit_extend",
-            str(request_id),
+            button["value"],
             user_id=REQUESTER,
             message_ts=warning["response"]["ts"],
             channel_id=args["channel"],
@@ -224,6 +226,26 @@ def test_the_requester_is_warned_before_the_end_and_extend_moves_it_by_the_step(
         )
         assert "now open until" in edited[-1]["text"]
         assert len(warning_posts(stack)) == 1
+
+        # The same button clicked again (a double click, or a stale copy) adds nothing.
+        again = sender.block_action_body(
+            "jit_extend",
+            button["value"],
+            user_id=REQUESTER,
+            message_ts=warning["response"]["ts"],
+            channel_id=args["channel"],
+            message=warning["response"]["message"],
+            action_ts="1700000001.000002",
+        )
+        assert sender.post(driver.events_url, again, stack.signing_secret)[0] == 200
+        wait_until(
+            lambda: (
+                [t for t in driver.ephemerals_to(REQUESTER) if "already extended" in t]
+                or [t for t in driver.dms_to(REQUESTER) if "already extended" in t]
+            ),
+            what="the second click's answer",
+        )
+        assert driver.request(request_id).ends_at == extended.ends_at
     finally:
         stack.stop()
 

@@ -110,9 +110,11 @@ def test_the_expiring_warning_offers_extend_while_the_policy_leaves_room() -> No
     assert_blocks(blocks)
     assert "expires in 9 min" in blocks[0]["text"]["text"]
     [button] = blocks[1]["elements"]
+    ends = request().ends_at
+    assert ends is not None
     assert (button["action_id"], button["value"], button["text"]["text"]) == (
         "jit_extend",
-        "7",
+        f"7:{int(ends.timestamp()) * 1_000_000 + ends.microsecond}",
         "Extend by 30m",
     )
 
