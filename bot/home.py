@@ -23,7 +23,10 @@ OPEN_STATUSES = (
     RequestStatus.APPROVED,
     RequestStatus.OPENING,
     RequestStatus.ACTIVE,
+    RequestStatus.CLOSING,
 )
+"""What ``/jit list`` and App Home show as the user's: closing included, because a port
+stays open until its rules are gone (in Defender mode, until Defender's end time)."""
 
 
 def publish_home(engine: Engine, gate: AccessGate, client: WebClient, user_id: str) -> None:

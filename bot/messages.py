@@ -281,6 +281,8 @@ def list_text(requests: list[AccessRequest], now: datetime) -> str:
         )
         if request.status == RequestStatus.ACTIVE and request.ends_at:
             line += f", {format_duration(request.ends_at - now)} left"
+        elif request.status == RequestStatus.CLOSING and request.ends_at and request.ends_at > now:
+            line += f", open until {when(request.ends_at)} at the latest"
         lines.append(line)
     return "\n".join(lines)
 
@@ -356,10 +358,10 @@ def extend_button_value(request: AccessRequest) -> str:
 
 
 def expiring_blocks(
-    request: AccessRequest, extend_by: timedelta, now: datetime
+    request: AccessRequest, extend_by: timedelta, now: datetime, defender: bool = False
 ) -> list[dict[str, Any]]:
     """The expiring-soon DM: when access ends, and an Extend button while the policy's
-    maximum leaves room."""
+    maximum leaves room (never in Defender mode, where a request's end cannot move)."""
     blocks: list[dict[str, Any]] = [
         {
             "type": "section",
@@ -367,7 +369,7 @@ def expiring_blocks(
             "text": {"type": "mrkdwn", "text": expiring_text(request, now)},
         }
     ]
-    if extend_by >= timedelta(minutes=1):
+    if extend_by >= timedelta(minutes=1) and not defender:
         blocks.append(
             {
                 "type": "actions",
@@ -385,6 +387,13 @@ def expiring_blocks(
                     }
                 ],
             }
+        )
+    elif defender:
+        blocks.append(
+            _context(
+                "Defender for Cloud cannot move the end of a JIT request; for longer, make "
+                "a new request."
+            )
         )
     else:
         blocks.append(

@@ -83,7 +83,9 @@ class SlackNotifier:
         self.client.chat_postMessage(
             channel=opened["channel"]["id"],
             text=messages.expiring_text(request, now),
-            blocks=messages.expiring_blocks(request, extend_by, now),
+            blocks=messages.expiring_blocks(
+                request, extend_by, now, defender=args.get("not_extendable") == "defender"
+            ),
             unfurl_links=False,
         )
 

@@ -307,6 +307,8 @@ class Engine:
         reason: str,
     ) -> list[AccessRequest]:
         checked_all = self._check_each(vms, ports, duration, source)
+        for checked in checked_all:
+            self._require_enough_approvers(checked.policy, requester_id)
         waiting = self.requests_of(requester_id, (RequestStatus.PENDING,))
         if len(waiting) + len(checked_all) > self.max_pending_per_requester:
             raise RequestRejected(
@@ -631,6 +633,25 @@ class Engine:
                     "from Slack, so nothing changed; try again in a minute"
                 ) from None
             return []
+
+    def _require_enough_approvers(self, policy: Policy, requester_id: str) -> None:
+        """Refuse a request that could never be approved: the policy wants more distinct
+        approvers than it has besides the requester. When a user group cannot be read
+        now, the request goes ahead (the decision reads the group again)."""
+        if policy.approvals_required <= 1:
+            return
+        others: set[str] = set()
+        for entry in policy.approvers:
+            try:
+                members = self._members(entry, strict=True) if is_user_group(entry) else [entry]
+            except ApproversUnavailable:
+                return
+            others.update(m for m in members if m != requester_id)
+        if len(others) < policy.approvals_required:
+            raise RequestRejected(
+                f"policy {policy.name} needs {policy.approvals_required} approvers other than "
+                f"you, and has {len(others)}; ask its owners to add approvers"
+            )
 
     def approves_anything(self, user_id: str) -> bool:
         """Whether ``user_id`` approves for any policy (directly or through a group)."""
@@ -1526,7 +1547,12 @@ class Engine:
             if note.event == "request_expiring" and note.args.get("ends_at") == ends_at:
                 return False
         room = self.extension_step(request, EXTEND_BUTTON_STEP)
-        args = {"ends_at": ends_at, "extend_by_seconds": room.total_seconds() if room else 0.0}
+        args: dict[str, Any] = {
+            "ends_at": ends_at,
+            "extend_by_seconds": room.total_seconds() if room else 0.0,
+        }
+        if is_defender(self.policies.by_name(request.policy_name)):
+            args["not_extendable"] = "defender"
         with self.store.session() as session:
             session.add(self.store.notification(request_id, "request_expiring", args))
             session.add(
@@ -1591,11 +1617,14 @@ class Engine:
             final = RequestStatus.REVOKED if request.end_reason == "revoked" else final
             remaining = self._remove_rules(request_id)
             if remaining:
-                log.warning(
-                    "request %s: %d rule(s) could not be removed yet; the sweep retries",
-                    request_id,
-                    remaining,
-                )
+                if self.defender is not None and self.defender.grant_of(request_id) is not None:
+                    log.debug("request %s: waiting for Defender for Cloud to close it", request_id)
+                else:
+                    log.warning(
+                        "request %s: %d rule(s) could not be removed yet; the sweep retries",
+                        request_id,
+                        remaining,
+                    )
                 return False
             report = self._restore_report(request_id)
             detail = {"reason": request.end_reason, **report.to_json()}

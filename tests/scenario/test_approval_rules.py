@@ -156,7 +156,8 @@ def test_the_same_approver_clicking_again_is_told_the_approval_is_already_counte
 
 
 def test_the_requester_never_counts_as_an_approver_even_when_listed(tmp_path: Path) -> None:
-    stack = start(tmp_path, "    approvers: [U0REQ12345, U0APPROVR1]\n    approvals_required: 2")
+    listed = "    approvers: [U0REQ12345, U0APPROVR1, U0APPROVR2]\n    approvals_required: 2"
+    stack = start(tmp_path, listed)
     try:
         driver = Driver(stack)
         request_id = submitted(driver)

@@ -11,7 +11,7 @@ import pytest
 from bot import messages
 from jitcore.db import AUDIT_LINE_EVENT, Store, create_schema, make_engine
 from jitcore.engine import AlreadyCounted, ApproversUnavailable, Engine, PolicySet
-from jitcore.errors import NotAuthorized, StateConflict
+from jitcore.errors import NotAuthorized, RequestRejected, StateConflict
 from jitcore.model import AccessRequest, RequestStatus
 from jitcore.notify import NullNotifier, Posted
 from jitcore.policy import PolicyError, check_request, parse_policies
@@ -275,6 +275,36 @@ def test_two_approvals_count_distinct_approvers_and_the_second_opens(database_ur
         with pytest.raises(StateConflict) as late:
             engine.approve(request.id, "U0APPROVR1")
         assert late.value.decided_by == "U0APPROVR2"
+    finally:
+        engine.store.engine.dispose()
+
+
+def test_a_request_two_approvers_could_never_approve_is_refused_and_not_recorded(
+    database_url: str,
+) -> None:
+    engine, _recorder, _clock = make_engine_for(
+        database_url, approvals_required=2, approvers=[REQUESTER, "U0APPROVR1"]
+    )
+    try:
+        with pytest.raises(RequestRejected) as refused:
+            submit(engine)
+        assert "needs 2 approvers other than you, and has 1" in refused.value.message
+        assert engine.requests_of(REQUESTER, (RequestStatus.PENDING,)) == []
+    finally:
+        engine.store.engine.dispose()
+
+
+def test_a_group_that_cannot_be_read_does_not_refuse_the_request_up_front(
+    database_url: str,
+) -> None:
+    def unreadable(group: str) -> list[str]:
+        raise ConnectionError("Slack is unreachable")
+
+    engine, _recorder, _clock = make_engine_for(
+        database_url, groups=unreadable, approvals_required=2, approvers=["S0APPROVRS"]
+    )
+    try:
+        assert submit(engine).status == RequestStatus.PENDING
     finally:
         engine.store.engine.dispose()
 

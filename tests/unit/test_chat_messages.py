@@ -128,6 +128,23 @@ def test_the_expiring_warning_at_the_maximum_has_no_button() -> None:
     assert_blocks(messages.extended_blocks(request()))
 
 
+def test_the_expiring_warning_in_defender_mode_says_defender_cannot_extend() -> None:
+    blocks = messages.expiring_blocks(request(), timedelta(minutes=30), NOW, defender=True)
+
+    assert_blocks(blocks)
+    assert [b["type"] for b in blocks] == ["section", "context"]
+    assert "Defender for Cloud cannot move the end" in blocks[1]["elements"][0]["text"]
+
+
+def test_the_list_shows_a_closing_request_with_the_latest_time_it_may_stay_open() -> None:
+    closing = request(4, status=RequestStatus.CLOSING)
+    assert closing.ends_at is not None and closing.ends_at > NOW
+
+    text = messages.list_text([closing], NOW)
+
+    assert "#4" in text and "closing" in text and "at the latest" in text
+
+
 def test_the_home_view_shows_end_now_on_active_requests_and_decisions_for_approvers() -> None:
     mine = [request(1), request(2, status=RequestStatus.PENDING)]
     waiting = [request(3, status=RequestStatus.PENDING, reason=HOSTILE, requester_id="U0X1")]
