@@ -260,6 +260,20 @@ class Protector:
             request_id, ends_at = parsed
             if ends_at > now and self._request_is_live(request_id):
                 continue
+            if ends_at > now and self.store.get_request(request_id) is None:
+                # jitbot records a grant before it writes the rule, so a rule naming a
+                # request this database never had was written by another deployment (or
+                # against another database): not ours to take away before its end.
+                findings.append(
+                    DriftFinding(
+                        nsg_id,
+                        raw["name"],
+                        f"allow rule names request {request_id}, which this database does "
+                        "not know (another jitbot deployment or database?)",
+                        "left in place until its end",
+                    )
+                )
+                continue
             self.cloud.delete_rule(nsg_id, raw["name"])
             findings.append(
                 DriftFinding(

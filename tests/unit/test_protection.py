@@ -162,6 +162,29 @@ def test_reconcile_removes_an_expired_allow_unknown_to_the_database(parts) -> No
     assert findings[0].action == "removed"
 
 
+def test_reconcile_leaves_an_unexpired_allow_unknown_to_the_database_and_reports_it(
+    parts,
+) -> None:
+    protector, _, cloud, _, _ = parts
+    rule = {
+        "name": "jitbot-allow-r99",
+        "properties": {
+            "priority": 999,
+            "direction": "Inbound",
+            "access": "Allow",
+            "description": "jitbot r99 until 2099-12-04T11:00:00Z for vm-web01",
+        },
+    }
+    cloud.rules[NSG]["jitbot-allow-r99"] = rule
+
+    findings = protector.reconcile()
+
+    assert cloud.rules[NSG]["jitbot-allow-r99"] == rule
+    [finding] = findings
+    assert finding.action == "left in place until its end"
+    assert "does not know" in finding.problem
+
+
 def test_reconcile_leaves_live_grants_and_other_rules_alone(parts) -> None:
     protector, engine, cloud, _, _ = parts
     protector.protect("vm-web01", "U0ADMIN")
