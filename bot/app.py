@@ -262,6 +262,7 @@ def build(settings: Settings) -> JitBot:
         parse_proxies(split_list(settings.trusted_proxies)),
         request_desk.describe_link,
         request_desk.complete_link,
+        request_desk.link_refusal,
     )
     listeners.register(bolt, engine, background, gate, desk, request_desk)
     return JitBot(

@@ -175,11 +175,16 @@ class SourceLinkPages:
         trusted: list[Network],
         describe: Callable[[SourceLink], str],
         complete: Callable[[SourceLink, str], LinkOutcome],
+        refusal: Callable[[SourceLink, str], str | None] = lambda link, address: None,
     ) -> None:
         self.links = links
         self.trusted = trusted
         self.describe = describe
         self.complete = complete
+        self.refusal = refusal
+        """Why the policies would refuse the link's request from an address, if they
+        would; asked before the link is used up, so the link still works from another
+        network."""
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         token = str(environ.get("PATH_INFO", ""))[len(LINK_PATH) :]
@@ -202,6 +207,16 @@ class SourceLinkPages:
             return _page(start_response, "200 OK", "Use my current IP", body)
         if address is None:
             return _no_address(start_response)
+        waiting = self.links.peek(token)
+        if waiting is None:
+            return _gone(start_response)
+        refused = self.refusal(waiting, address)
+        if refused is not None:
+            body = (
+                f"<p>{html.escape(refused)}</p><p>Nothing was requested, and this link still "
+                "works, until it expires, from a network the policy allows.</p>"
+            )
+            return _page(start_response, "422 Unprocessable Entity", "Address not allowed", body)
         link = self.links.redeem(token)
         if link is None:
             return _gone(start_response)

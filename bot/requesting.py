@@ -196,6 +196,13 @@ class RequestDesk:
             f"{format_duration(draft.duration)} from the address below?"
         )
 
+    def link_refusal(self, link: SourceLink, address: str) -> str | None:
+        """What the policies refuse in the link's request from ``address``, if anything."""
+        found = self.problems(Draft.from_json(link.draft, address))
+        if not found:
+            return None
+        return "Not sent: " + "; ".join(p.text.replace("`", "") for p in found)
+
     def complete_link(self, link: SourceLink, address: str) -> LinkOutcome:
         """A link was just used from ``address``: submit its draft from there.
 
