@@ -30,6 +30,17 @@ SANDBOX_STATE = "sandbox.json"
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader went away (`jitbot audit export | head`): stop quietly, and keep
+        # Python from failing again while flushing standard output at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="jitbot", description="Just-in-time network access to Azure VMs, approved in Slack."
     )

@@ -114,3 +114,28 @@ def test_an_empty_export_still_ends_its_progress() -> None:
     assert audit.write([], "json", out, lambda done, total: told.append((done, total))) == 0
 
     assert told == [(0, 0)] and json.loads(out.getvalue()) == []
+
+
+def test_an_export_whose_reader_goes_away_stops_quietly(database: Path) -> None:
+    """``jitbot audit export | head -1``: no traceback when the pipe closes early."""
+    import os
+    import subprocess
+
+    engine = make_engine(f"sqlite:///{database}")
+    with Store(engine).session() as session:  # far more than a pipe's buffer holds
+        session.add_all(events(5000))
+        session.commit()
+    engine.dispose()
+
+    export = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "audit", "export", "--format", "csv"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{database}"},
+    )
+    assert export.stdout is not None and export.stderr is not None
+    assert export.stdout.readline().startswith(b"id,at,")
+    export.stdout.close()  # the reader stops after the first line
+    errors = export.stderr.read().decode()
+    assert export.wait(timeout=60) == 1
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors
