@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from jitcore.azure.defender import VmPlace
+from jitcore.db import SYSTEM_ACTOR
 from jitcore.defender import (
     DefenderStatus,
     PortState,
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GRANT_KIND = "defender"
-ACTOR = "jitbot"
+ACTOR = SYSTEM_ACTOR
 CONFIRM_SECONDS = 30.0
 """How long opening waits for Defender to report the ports open before leaving the
 request to the sweep (which keeps following it)."""
@@ -479,33 +480,14 @@ class DefenderAccess:
         audit: tuple[str, str | None] | None = None,
     ) -> None:
         """Store the grant's new state (and record), with its audit line, in one go."""
-        now = self.engine.clock()
-        with self.engine.store.session() as session:
-            row = session.get(Grant, grant.id)
-            assert row is not None
-            row.state = state
-            row.updated_at = now
-            if rule is not None:
-                row.rule = rule
-            session.add(row)
-            if audit is not None:
-                action, note = audit
-                detail: dict[str, Any] = {"defender_policy": grant.rule_name}
-                if note:
-                    detail["note"] = note
-                session.add(
-                    AuditEvent(
-                        at=now,
-                        request_id=grant.request_id,
-                        actor=ACTOR,
-                        action=action,
-                        detail=detail,
-                    )
-                )
-            session.commit()
-        grant.state = state
-        if rule is not None:
-            grant.rule = rule
+        line = None
+        if audit is not None:
+            action, note = audit
+            detail: dict[str, Any] = {"defender_policy": grant.rule_name}
+            if note:
+                detail["note"] = note
+            line = (action, detail)
+        self.engine._set_grant(grant, state, audit=line, rule=rule)
 
 
 def is_defender(policy: Policy | None) -> bool:

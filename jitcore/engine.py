@@ -38,7 +38,7 @@ from jitcore.azure.firewall import (
     policy_managed_message,
 )
 from jitcore.azure.inventory import VmNetwork
-from jitcore.db import AUDIT_LINE_EVENT, Store
+from jitcore.db import AUDIT_LINE_EVENT, SYSTEM_ACTOR, Store
 from jitcore.defender_access import GRANT_KIND as DEFENDER_GRANT
 from jitcore.defender_access import DefenderAccess, DefenderCloud, is_defender
 from jitcore.durations import format_duration
@@ -82,7 +82,6 @@ from jitcore.policy import (
 
 log = logging.getLogger(__name__)
 
-SYSTEM_ACTOR = "jitbot"
 NOTIFY_CLAIM_SECONDS = 60.0
 MAX_NOTIFY_ATTEMPTS = 20
 EXPIRY_EARLY_TOLERANCE = 2.0
@@ -1908,9 +1907,11 @@ class Engine:
         state: str,
         last_error: str | None = None,
         audit: tuple[str, dict[str, Any]] | None = None,
+        rule: dict[str, Any] | None = None,
     ) -> None:
-        """Move a grant to ``state``; ``audit`` (action, detail) is written in the same
-        transaction, so the log holds exactly the steps that were recorded."""
+        """Move a grant to ``state`` (and store its ``rule`` when given); ``audit``
+        (action, detail) is written in the same transaction, so the log holds exactly the
+        steps that were recorded."""
         now = self.clock()
         with self.store.session() as session:
             row = session.get(Grant, grant.id)
@@ -1919,6 +1920,8 @@ class Engine:
             row.updated_at = now
             if last_error is not None:
                 row.last_error = last_error
+            if rule is not None:
+                row.rule = rule
             session.add(row)
             if audit is not None:
                 action, detail = audit
@@ -1933,6 +1936,8 @@ class Engine:
                 )
             session.commit()
         grant.state = state
+        if rule is not None:
+            grant.rule = rule
 
     def _require(self, request_id: int) -> AccessRequest:
         request = self.store.get_request(request_id)
