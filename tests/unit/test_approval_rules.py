@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from slack_sdk.models.blocks import Block
 
 from bot import messages
 from jitcore.db import AUDIT_LINE_EVENT, Store, create_schema, make_engine
@@ -443,6 +444,30 @@ def test_partial_approval_says_who_approved_and_how_many_more_are_needed() -> No
         ":hourglass: 1 of 2 approvals: approved by <@U0APPROVR1>, waiting for one more"
     )
     assert blocks[2]["elements"][0]["action_id"] == messages.APPROVE_ACTION
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        messages.partly_approved_blocks(request_row(reason="<!channel>"), ["U0APPROVR1"], 2),
+        messages.review_blocks(
+            request_row(
+                status=RequestStatus.ACTIVE,
+                decided_by="auto:vpn-ssh",
+                ends_at=datetime(2026, 12, 4, 13, 0, tzinfo=UTC),
+            )
+        ),
+    ],
+    ids=["partly-approved", "auto-approval-review"],
+)
+def test_approval_rule_messages_pass_slack_sdks_block_models(blocks: list[dict[str, Any]]) -> None:
+    assert 0 < len(blocks) <= messages.MAX_BLOCKS
+    for block in blocks:
+        parsed = Block.parse(block)
+        assert parsed is not None
+        parsed.validate_json()
+        assert parsed.to_dict() == block
+    assert "<!channel>" not in str(blocks)
 
 
 # -- the audit channel setting ---------------------------------------------------------------
